@@ -1,0 +1,322 @@
+#include "attention/attention.h"
+
+#include <atomic>
+#include <limits>
+
+#include "util/error.h"
+
+namespace elastic::attention {
+
+namespace {
+
+std::atomic<bool> g_force_blocked{false};
+constexpr int64_t kBlock = 128;
+
+torch::Tensor compute_dtype_view(const torch::Tensor& t) {
+  // The blocked path computes half types in fp32; fp32/fp64 stay as they are.
+  if (t.scalar_type() == torch::kHalf || t.scalar_type() == torch::kBFloat16) return t.to(torch::kFloat32);
+  return t;
+}
+
+// Boolean [nq, nk]: may query position ipos[r] see key position kpos[c]?
+torch::Tensor visibility(const torch::Tensor& ipos, const torch::Tensor& kpos, MaskSpec mask) {
+  auto i = ipos.unsqueeze(1);
+  auto j = kpos.unsqueeze(0);
+  auto vis = j <= i;
+  if (!mask.full()) vis = vis & ((j < mask.sink) | ((i - j) < mask.window));
+  return vis;
+}
+
+struct BlockKeys {
+  torch::Tensor k, v, pos;  // [Hkv, nk, d], [Hkv, nk, d], [nk]
+};
+
+BlockKeys gather_keys(const torch::Tensor& ks, const torch::Tensor& vs,
+                      const std::vector<std::pair<int64_t, int64_t>>& ranges) {
+  std::vector<torch::Tensor> kk, vv, pp;
+  for (auto [r0, r1] : ranges) {
+    kk.push_back(ks.narrow(1, r0, r1 - r0));
+    vv.push_back(vs.narrow(1, r0, r1 - r0));
+    pp.push_back(torch::arange(r0, r1, torch::TensorOptions().dtype(torch::kInt64).device(ks.device())));
+  }
+  if (kk.size() == 1) return {kk[0], vv[0], pp[0]};
+  return {torch::cat(kk, 1), torch::cat(vv, 1), torch::cat(pp, 0)};
+}
+
+void blocked_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                     const Packing& pack, MaskSpec mask, double scale, torch::Tensor& out,
+                     torch::Tensor& lse) {
+  const int64_t Hq = q.size(1), Hkv = k.size(1), d = q.size(2), G = Hq / Hkv;
+  auto qc = compute_dtype_view(q), kc = compute_dtype_view(k), vc = compute_dtype_view(v);
+  auto out_c = torch::empty(qc.sizes(), qc.options());
+  // fp32 like flash's lse, except for fp64 inputs (reference checks).
+  auto lse_c = torch::empty({Hq, q.size(0)}, qc.options());
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    auto qs = qc.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 2, 0, 3});  // [Hkv,G,n,d]
+    auto ks = kc.narrow(0, s0, n).permute({1, 0, 2});                          // [Hkv,n,d]
+    auto vs = vc.narrow(0, s0, n).permute({1, 0, 2});
+    for (int64_t a = 0; a < n; a += kBlock) {
+      const int64_t e = std::min(n, a + kBlock), bq = e - a;
+      auto keys = gather_keys(ks, vs, visible_key_ranges(a, e, mask));
+      const int64_t nk = keys.pos.size(0);
+      auto qb = qs.narrow(2, a, bq).reshape({Hkv, G * bq, d});
+      auto sc = torch::bmm(qb, keys.k.transpose(1, 2)).mul_(scale).view({Hkv, G, bq, nk});
+      auto vis = visibility(torch::arange(a, e, i64), keys.pos, mask);
+      sc.masked_fill_(vis.logical_not(), -std::numeric_limits<double>::infinity());
+      auto l = torch::logsumexp(sc, -1);  // [Hkv,G,bq]
+      auto p = torch::exp(sc - l.unsqueeze(-1)).view({Hkv, G * bq, nk});
+      auto o = torch::bmm(p, keys.v).view({Hkv, G, bq, d});
+      out_c.narrow(0, s0 + a, bq).copy_(o.permute({2, 0, 1, 3}).reshape({bq, Hq, d}));
+      lse_c.narrow(1, s0 + a, bq).copy_(l.reshape({Hq, bq}));
+    }
+  }
+  out = out_c.to(q.scalar_type());
+  lse = lse_c;
+}
+
+AttnGrads blocked_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                           const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                           MaskSpec mask, double scale) {
+  const int64_t Hq = q.size(1), Hkv = k.size(1), d = q.size(2), G = Hq / Hkv;
+  auto qc = compute_dtype_view(q), kc = compute_dtype_view(k), vc = compute_dtype_view(v);
+  auto oc = compute_dtype_view(fwd.out), doc = compute_dtype_view(dout);
+  auto lse = fwd.lse.to(qc.scalar_type());
+  auto dq = torch::zeros(qc.sizes(), qc.options());
+  auto dk = torch::zeros(kc.sizes(), kc.options());
+  auto dv = torch::zeros(vc.sizes(), vc.options());
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    auto to_heads = [&](const torch::Tensor& t) {  // [n,Hq,d] -> [Hkv,G,n,d]
+      return t.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 2, 0, 3});
+    };
+    auto qs = to_heads(qc), os = to_heads(oc), dos = to_heads(doc);
+    auto ls = lse.narrow(1, s0, n).view({Hkv, G, n});
+    auto ks = kc.narrow(0, s0, n).permute({1, 0, 2});
+    auto vs = vc.narrow(0, s0, n).permute({1, 0, 2});
+    auto dks = torch::zeros({Hkv, n, d}, kc.options());
+    auto dvs = torch::zeros({Hkv, n, d}, vc.options());
+    for (int64_t a = 0; a < n; a += kBlock) {
+      const int64_t e = std::min(n, a + kBlock), bq = e - a;
+      auto ranges = visible_key_ranges(a, e, mask);
+      auto keys = gather_keys(ks, vs, ranges);
+      const int64_t nk = keys.pos.size(0);
+      auto qb = qs.narrow(2, a, bq).reshape({Hkv, G * bq, d});
+      auto ob = os.narrow(2, a, bq).reshape({Hkv, G * bq, d});
+      auto dob = dos.narrow(2, a, bq).reshape({Hkv, G * bq, d});
+      auto lb = ls.narrow(2, a, bq).reshape({Hkv, G * bq, 1});
+      auto sc = torch::bmm(qb, keys.k.transpose(1, 2)).mul_(scale).view({Hkv, G, bq, nk});
+      auto vis = visibility(torch::arange(a, e, i64), keys.pos, mask);
+      sc.masked_fill_(vis.logical_not(), -std::numeric_limits<double>::infinity());
+      auto p = torch::exp(sc.view({Hkv, G * bq, nk}) - lb);                  // [Hkv,G*bq,nk]
+      auto dp = torch::bmm(dob, keys.v.transpose(1, 2));                     // [Hkv,G*bq,nk]
+      auto D = (dob * ob).sum(-1, true);                                     // [Hkv,G*bq,1]
+      auto ds = p * (dp - D);
+      auto dqb = torch::bmm(ds, keys.k).mul_(scale).view({Hkv, G, bq, d});
+      dq.narrow(0, s0 + a, bq).add_(dqb.permute({2, 0, 1, 3}).reshape({bq, Hq, d}));
+      auto dkb = torch::bmm(ds.transpose(1, 2), qb).mul_(scale);              // [Hkv,nk,d]
+      auto dvb = torch::bmm(p.transpose(1, 2), dob);
+      int64_t off = 0;
+      for (auto [r0, r1] : ranges) {
+        dks.narrow(1, r0, r1 - r0).add_(dkb.narrow(1, off, r1 - r0));
+        dvs.narrow(1, r0, r1 - r0).add_(dvb.narrow(1, off, r1 - r0));
+        off += r1 - r0;
+      }
+    }
+    dk.narrow(0, s0, n).add_(dks.permute({1, 0, 2}));
+    dv.narrow(0, s0, n).add_(dvs.permute({1, 0, 2}));
+  }
+  return {dq.to(q.scalar_type()), dk.to(k.scalar_type()), dv.to(v.scalar_type())};
+}
+
+// ---- flash (CUDA, fp16/bf16) ----
+
+// Sink keys outside the window: for query i >= window, keys j < min(sink, i - window + 1).
+// Computed densely per sample in row chunks ([rows, sink] scores, never T x T).
+struct SinkRows {
+  int64_t s0, row0, rows, nsink;  // sample start, first query row (within sample), count, sink keys
+};
+
+std::vector<SinkRows> sink_rows(const Packing& pack, MaskSpec mask) {
+  std::vector<SinkRows> out;
+  if (mask.full() || mask.sink <= 0) return out;
+  constexpr int64_t kChunk = 4096;
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t n = pack.length(b);
+    for (int64_t r = mask.window; r < n; r += kChunk) {
+      const int64_t e = std::min(n, r + kChunk);
+      out.push_back({pack.begin(b), r, e - r, std::min(mask.sink, e - mask.window)});
+    }
+  }
+  return out;
+}
+
+// Scores of a sink chunk: [Hkv, G, rows, nsink] fp32, masked (key j visible iff j <= i - window).
+torch::Tensor sink_scores(const torch::Tensor& q, const torch::Tensor& k, const SinkRows& c, MaskSpec mask,
+                          double scale, int64_t G) {
+  const int64_t Hkv = k.size(1), d = q.size(2);
+  auto qr = q.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3}).to(torch::kFloat32);
+  auto kr = k.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);  // [Hkv,ns,d]
+  auto sc = torch::matmul(qr.reshape({Hkv, G * c.rows, d}), kr.transpose(1, 2)).mul_(scale);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  auto i = torch::arange(c.row0, c.row0 + c.rows, i64).unsqueeze(1);
+  auto j = torch::arange(0, c.nsink, i64).unsqueeze(0);
+  auto vis = j <= (i - mask.window);
+  return sc.view({Hkv, G, c.rows, c.nsink}).masked_fill(vis.logical_not(), -std::numeric_limits<double>::infinity());
+}
+
+AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const Packing& pack, MaskSpec mask, double scale) {
+  std::optional<int64_t> wl, wr;
+  if (!mask.full()) {
+    wl = mask.window - 1;
+    wr = 0;
+  }
+  auto r = at::_flash_attention_forward(q, k, v, pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len, 0.0,
+                                        /*is_causal=*/true, /*return_debug_mask=*/false, scale, wl, wr);
+  AttnForward f{std::get<0>(r), std::get<1>(r)};
+  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+  for (const auto& c : sink_rows(pack, mask)) {
+    auto sc = sink_scores(q, k, c, mask, scale, G);               // [Hkv,G,rows,ns]
+    auto ls = torch::logsumexp(sc, -1);                           // [Hkv,G,rows]
+    auto p = torch::exp(sc - ls.unsqueeze(-1));
+    auto vr = v.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);  // [Hkv,ns,d]
+    auto os = torch::matmul(p.view({Hkv, G * c.rows, c.nsink}), vr).view({Hkv, G, c.rows, d});
+    auto lw = f.lse.narrow(1, c.s0 + c.row0, c.rows).view({Hkv, G, c.rows});
+    auto ow = f.out.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3}).to(torch::kFloat32);
+    auto l = torch::logaddexp(lw, ls);
+    auto o = ow * torch::exp(lw - l).unsqueeze(-1) + os * torch::exp(ls - l).unsqueeze(-1);
+    f.out.narrow(0, c.s0 + c.row0, c.rows).copy_(o.permute({2, 0, 1, 3}).reshape({c.rows, Hq, d}));
+    f.lse.narrow(1, c.s0 + c.row0, c.rows).copy_(l.reshape({Hq, c.rows}));
+  }
+  return f;
+}
+
+AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                         const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, MaskSpec mask,
+                         double scale) {
+  std::optional<int64_t> wl, wr;
+  if (!mask.full()) {
+    wl = mask.window - 1;
+    wr = 0;
+  }
+  auto empty = torch::empty({0}, q.options().dtype(torch::kInt64));
+  auto g = at::_flash_attention_backward(dout.contiguous(), q, k, v, fwd.out, fwd.lse, pack.cu_i32, pack.cu_i32,
+                                         pack.max_len, pack.max_len, 0.0, /*is_causal=*/true, empty, empty, scale,
+                                         wl, wr);
+  AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
+  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+  for (const auto& c : sink_rows(pack, mask)) {
+    auto sc = sink_scores(q, k, c, mask, scale, G);  // [Hkv,G,rows,ns]
+    auto l = fwd.lse.narrow(1, c.s0 + c.row0, c.rows).view({Hkv, G, c.rows, 1});
+    auto p = torch::exp(sc - l).view({Hkv, G * c.rows, c.nsink});
+    auto heads = [&](const torch::Tensor& t) {
+      return t.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3})
+          .to(torch::kFloat32).reshape({Hkv, G * c.rows, d});
+    };
+    auto dob = heads(dout), ob = heads(fwd.out), qb = heads(q);
+    auto kr = k.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);
+    auto vr = v.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);
+    auto dp = torch::bmm(dob, vr.transpose(1, 2));
+    auto ds = p * (dp - (dob * ob).sum(-1, true));
+    auto dq = torch::bmm(ds, kr).mul_(scale).view({Hkv, G, c.rows, d}).permute({2, 0, 1, 3}).reshape({c.rows, Hq, d});
+    out.dq.narrow(0, c.s0 + c.row0, c.rows).add_(dq.to(out.dq.scalar_type()));
+    auto dk = torch::bmm(ds.transpose(1, 2), qb).mul_(scale).permute({1, 0, 2});
+    auto dv = torch::bmm(p.transpose(1, 2), dob).permute({1, 0, 2});
+    out.dk.narrow(0, c.s0, c.nsink).add_(dk.to(out.dk.scalar_type()));
+    out.dv.narrow(0, c.s0, c.nsink).add_(dv.to(out.dv.scalar_type()));
+  }
+  return out;
+}
+
+void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack) {
+  ELASTIC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attention: q, k, v must be [tokens, heads, head_dim]");
+  ELASTIC_CHECK(q.size(0) == pack.tokens() && k.size(0) == pack.tokens() && v.size(0) == pack.tokens(),
+                "attention: q/k/v have " << q.size(0) << " tokens but the packing has " << pack.tokens());
+  ELASTIC_CHECK(k.sizes() == v.sizes() && q.size(2) == k.size(2) && q.size(1) % k.size(1) == 0,
+                "attention: incompatible shapes q " << q.sizes() << " k " << k.sizes() << " v " << v.sizes());
+}
+
+}  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b, MaskSpec mask) {
+  if (mask.full()) return {{0, b}};
+  const int64_t ws = std::max<int64_t>(0, a - mask.window + 1);
+  const int64_t se = std::min(mask.sink, b);
+  if (se >= ws) return {{0, b}};
+  std::vector<std::pair<int64_t, int64_t>> r;
+  if (se > 0) r.emplace_back(0, se);
+  r.emplace_back(ws, b);
+  return r;
+}
+
+void set_force_blocked(bool on) { g_force_blocked = on; }
+
+bool uses_flash(const torch::Tensor& q) {
+  return !g_force_blocked && q.is_cuda() &&
+         (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf) && q.size(2) % 8 == 0 &&
+         q.size(2) <= 256;
+}
+
+AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const Packing& pack, MaskSpec mask, double scale) {
+  check_inputs(q, k, v, pack);
+  if (uses_flash(q)) return flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
+  AttnForward f;
+  blocked_forward(q, k, v, pack, mask, scale, f.out, f.lse);
+  return f;
+}
+
+AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, MaskSpec mask,
+                             double scale) {
+  if (uses_flash(q)) return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
+  return blocked_backward(dout, q, k, v, fwd, pack, mask, scale);
+}
+
+namespace {
+
+struct PackStore {
+  Packing pack;
+};
+
+class AttentionFn : public torch::autograd::Function<AttentionFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
+                                                torch::Tensor k, torch::Tensor v, const Packing* pack,
+                                                int64_t sink, int64_t window, double scale) {
+    MaskSpec mask{sink, window};
+    auto f = attention_forward(q, k, v, *pack, mask, scale);
+    ctx->save_for_backward({q, k, v, f.out, f.lse});
+    ctx->saved_data["cu"] = pack->cu;
+    ctx->saved_data["sink"] = sink;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    ctx->mark_non_differentiable({f.lse});
+    return {f.out, f.lse};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto cu = ctx->saved_data["cu"].toIntVector();
+    auto pack = Packing::from_cu(cu, s[0].device());
+    MaskSpec mask{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
+    auto g = attention_backward(grads[0], s[0], s[1], s[2], AttnForward{s[3], s[4]}, pack, mask,
+                                ctx->saved_data["scale"].toDouble());
+    return {g.dq, g.dk, g.dv, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const Packing& pack, MaskSpec mask, double scale) {
+  if (!torch::GradMode::is_enabled() || !(q.requires_grad() || k.requires_grad() || v.requires_grad())) {
+    return attention_forward(q, k, v, pack, mask, scale).out;
+  }
+  return AttentionFn::apply(q, k, v, &pack, mask.sink, mask.window, scale)[0];
+}
+
+}  // namespace elastic::attention

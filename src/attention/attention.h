@@ -1,0 +1,49 @@
+// Varlen causal attention over a packed batch, full or streaming (sink + window),
+// with an explicit forward (output + log-sum-exp) and backward, so that callers can
+// build custom autograd functions (the routing-aware hybrid backward).
+//
+// Layouts follow FlashAttention varlen: q [T, Hq, d], k/v [T, Hkv, d], lse [Hq, T] fp32.
+// GQA: query head h reads kv head h / (Hq / Hkv).
+//
+// Two implementations, the same maths:
+//  * blocked: query blocks against only the keys they can see, plain tensor ops, any
+//    device and dtype (the exact path used on CPU and as the reference);
+//  * flash: FlashAttention-2 varlen from LibTorch on CUDA for fp16/bf16, with the sink
+//    part of streaming attention merged exactly through the log-sum-exp.
+// Neither builds a tokens x tokens tensor: the blocked path holds at most
+// block x visible-keys scores per head at a time.
+#pragma once
+#include <torch/torch.h>
+
+#include "attention/packing.h"
+
+namespace elastic::attention {
+
+struct AttnForward {
+  torch::Tensor out;  // [T, Hq, d], dtype of q
+  torch::Tensor lse;  // [Hq, T], fp32 (fp64 for fp64 inputs)
+};
+
+struct AttnGrads {
+  torch::Tensor dq, dk, dv;
+};
+
+AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                              const Packing& pack, MaskSpec mask, double scale);
+
+AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                             const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                             MaskSpec mask, double scale);
+
+// Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const Packing& pack, MaskSpec mask, double scale);
+
+// Force the blocked implementation even where flash is available (tests, reference).
+void set_force_blocked(bool on);
+bool uses_flash(const torch::Tensor& q);
+
+// Keys visible to query rows [a, b) of one sample, as at most two half-open ranges.
+std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b, MaskSpec mask);
+
+}  // namespace elastic::attention

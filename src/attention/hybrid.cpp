@@ -1,0 +1,140 @@
+#include "attention/hybrid.h"
+
+#include "util/error.h"
+
+namespace elastic::attention {
+
+namespace {
+
+// Per-token, per-KV-head weight [T, Hkv, 1, 1] from per-sample weights [B, Hkv].
+torch::Tensor token_weights(const torch::Tensor& s, const Packing& pack) {
+  return s.index_select(0, pack.sample_id).unsqueeze(-1).unsqueeze(-1);
+}
+
+// Runs the attention backward of one branch for the (sample, kv head) pairs where the
+// branch weight w [B, Hkv] is non-zero, accumulating into dq/dk/dv.
+void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                     const torch::Tensor& v, const AttnForward& fwd, const torch::Tensor& w, const Packing& pack,
+                     MaskSpec mask, double scale, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
+  const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+  auto w_cpu = w.detach().to(torch::kCPU, torch::kFloat64).contiguous();
+  auto nz = w_cpu.ne(0);
+  const int64_t selected = nz.sum().item<int64_t>();
+  if (selected == 0) return;
+  auto dout_w = (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d});
+  if (selected == nz.numel()) {
+    auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
+    dq.add_(g.dq);
+    dk.add_(g.dk);
+    dv.add_(g.dv);
+    return;
+  }
+  // Gather the selected (sample, head) pairs into a pack of single-KV-head sequences.
+  std::vector<int64_t> lengths, tok, head;
+  auto acc = nz.accessor<bool, 2>();
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    for (int64_t h = 0; h < Hkv; ++h) {
+      if (!acc[b][h]) continue;
+      lengths.push_back(pack.length(b));
+      for (int64_t t = pack.begin(b); t < pack.begin(b + 1); ++t) {
+        tok.push_back(t);
+        head.push_back(h);
+      }
+    }
+  }
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto it = torch::tensor(tok, i64).to(q.device());
+  auto ih = torch::tensor(head, i64).to(q.device());
+  auto sub = Packing::from_lengths(lengths, q.device());
+  using torch::indexing::TensorIndex;
+  std::vector<TensorIndex> idx{TensorIndex(it), TensorIndex(ih)};
+  auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
+  auto k_s = k.index(idx).unsqueeze(1).contiguous();                       // [N,1,d]
+  auto v_s = v.index(idx).unsqueeze(1).contiguous();
+  auto o_s = fwd.out.view({T, Hkv, G, d}).index(idx).contiguous();
+  auto do_s = dout_w.view({T, Hkv, G, d}).index(idx).contiguous();
+  auto l_s = fwd.lse.view({Hkv, G, T}).permute({2, 0, 1}).index(idx).t().contiguous();  // [G,N]
+  auto g = attention_backward(do_s, q_s, k_s, v_s, AttnForward{o_s, l_s}, sub, mask, scale);
+  c10::List<std::optional<torch::Tensor>> put;
+  put.push_back(it);
+  put.push_back(ih);
+  dq.view({T, Hkv, G, d}).index_put_(put, g.dq, /*accumulate=*/true);
+  dk.index_put_(put, g.dk.squeeze(1), true);
+  dv.index_put_(put, g.dv.squeeze(1), true);
+}
+
+class HybridFn : public torch::autograd::Function<HybridFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
+                                                torch::Tensor k, torch::Tensor v, torch::Tensor s,
+                                                const Packing* pack, int64_t sink, int64_t window, double scale) {
+    MaskSpec full = MaskSpec::causal(), ssa{sink, window};
+    auto fa = attention_forward(q, k, v, *pack, full, scale);
+    auto sa = attention_forward(q, k, v, *pack, ssa, scale);
+    const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), d = q.size(2);
+    auto wt = token_weights(s.to(q.scalar_type()), *pack);
+    auto fa4 = fa.out.view({T, Hkv, Hq / Hkv, d}), sa4 = sa.out.view({T, Hkv, Hq / Hkv, d});
+    auto out = (sa4 + wt * (fa4 - sa4)).view({T, Hq, d});
+    ctx->save_for_backward({q, k, v, s, fa.out, fa.lse, sa.out, sa.lse});
+    ctx->saved_data["cu"] = pack->cu;
+    ctx->saved_data["sink"] = sink;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    return {out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto sv = ctx->get_saved_variables();
+    auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
+    AttnForward fa{sv[4], sv[5]}, sa{sv[6], sv[7]};
+    auto pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), q.device());
+    MaskSpec ssa{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+    auto dout = grads[0].contiguous();
+
+    torch::Tensor ds;
+    if (ctx->needs_input_grad(3)) {
+      // dL/ds[b,h] = sum over the sample's tokens, the group's query heads and d of (FA - SSA) * dO.
+      const auto acc = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+      auto per_tok = ((fa.out.to(acc) - sa.out.to(acc)) * dout.to(acc))
+                         .view({T, Hkv, G, d})
+                         .sum({2, 3});  // [T,Hkv]
+      ds = torch::zeros({pack.num_samples(), Hkv}, per_tok.options()).index_add_(0, pack.sample_id, per_tok);
+      ds = ds.to(s.scalar_type());
+    }
+    torch::Tensor dq, dk, dv;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
+      dq = torch::zeros_like(q);
+      dk = torch::zeros_like(k);
+      dv = torch::zeros_like(v);
+      branch_backward(dout, q, k, v, fa, s, pack, MaskSpec::causal(), scale, dq, dk, dv);
+      branch_backward(dout, q, k, v, sa, 1 - s, pack, ssa, scale, dq, dk, dv);
+    }
+    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
+  ELASTIC_CHECK(s.dim() == 2 && s.size(0) == pack.num_samples() && s.size(1) == k.size(1),
+                "hybrid_attention: routing weights must be [samples=" << pack.num_samples()
+                                                                      << ", kv_heads=" << k.size(1) << "], got "
+                                                                      << s.sizes());
+  ELASTIC_CHECK(!ssa.full(), "hybrid_attention: the streaming branch needs a window");
+  return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale)[0];
+}
+
+torch::Tensor hybrid_attention_autograd_both(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                             const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
+  const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), d = q.size(2);
+  auto fa = attention(q, k, v, pack, MaskSpec::causal(), scale).view({T, Hkv, Hq / Hkv, d});
+  auto sa = attention(q, k, v, pack, ssa, scale).view({T, Hkv, Hq / Hkv, d});
+  auto wt = token_weights(s.to(q.scalar_type()), pack);
+  return (sa + wt * (fa - sa)).view({T, Hq, d});
+}
+
+}  // namespace elastic::attention

@@ -1,0 +1,12 @@
+// Subcommands of the `elastic` binary; each lives in its own cmd_*.cpp.
+#pragma once
+
+namespace elastic::cli {
+
+// Each takes the arguments after the subcommand name and returns the exit code.
+int cmd_make_tiny_model(int argc, char** argv);
+int cmd_forward(int argc, char** argv);
+int cmd_inspect_model(int argc, char** argv);
+int cmd_bench_forward(int argc, char** argv);
+
+}  // namespace elastic::cli

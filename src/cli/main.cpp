@@ -1,0 +1,60 @@
+// elastic: trains Elastic Attention routers on frozen Hugging Face LLMs.
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <map>
+
+#include "cli/commands.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace {
+
+struct Command {
+  std::function<int(int, char**)> run;
+  const char* help;
+};
+
+const std::map<std::string, Command>& commands() {
+  using namespace elastic::cli;
+  static const std::map<std::string, Command> c = {
+      {"make-tiny-model", {cmd_make_tiny_model, "write a random-initialised Hugging Face model directory"}},
+      {"forward", {cmd_forward, "run a packed forward pass and write logits (golden checks)"}},
+      {"inspect-model", {cmd_inspect_model, "print a model directory's config, size and fingerprint"}},
+      {"bench-forward", {cmd_bench_forward, "time checkpoint loading and forward throughput"}},
+  };
+  return c;
+}
+
+void usage() {
+  std::cerr << "usage: elastic <command> [options]\n\ncommands:\n";
+  for (const auto& [name, c] : commands()) std::cerr << "  " << name << std::string(18 - name.size(), ' ') << c.help << "\n";
+  std::cerr << "\nRun `elastic <command> --help` for a command's options.\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  auto it = commands().find(argv[1]);
+  if (it == commands().end()) {
+    std::cerr << "elastic: unknown command '" << argv[1] << "'\n";
+    usage();
+    return 2;
+  }
+  try {
+    return it->second.run(argc - 2, argv + 2);
+  } catch (const elastic::Error& e) {
+    LOG_ERROR(e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    LOG_ERROR("torch: " << e.what_without_backtrace());
+    return 1;
+  } catch (const std::exception& e) {
+    LOG_ERROR(e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,165 @@
+#include "model/decoder.h"
+
+#include <cmath>
+
+#include "attention/attention.h"
+#include "attention/hybrid.h"
+#include "router/gumbel.h"
+#include "util/error.h"
+
+namespace elastic::model {
+
+SelfAttentionImpl::SelfAttentionImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts)
+    : layer_(layer), n_heads_(cfg.num_heads), n_kv_(cfg.num_kv_heads), head_dim_(cfg.head_dim) {
+  const int64_t D = cfg.hidden_size, hd = cfg.head_dim;
+  q_proj = register_module("q_proj", Linear(D, cfg.num_heads * hd, cfg.attention_bias, opts));
+  k_proj = register_module("k_proj", Linear(D, cfg.num_kv_heads * hd, cfg.attention_bias, opts));
+  v_proj = register_module("v_proj", Linear(D, cfg.num_kv_heads * hd, cfg.attention_bias, opts));
+  o_proj = register_module("o_proj", Linear(cfg.num_heads * hd, D, false, opts));
+  if (cfg.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(hd, cfg.rms_norm_eps, opts));
+    k_norm = register_module("k_norm", RMSNorm(hd, cfg.rms_norm_eps, opts));
+  }
+  scale_ = 1.0 / std::sqrt(static_cast<double>(hd));
+}
+
+void SelfAttentionImpl::attach_router(const router::RouterOptions& opt) {
+  mask_allocator = register_module("mask_allocator", router::Router(opt));
+}
+
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
+  const int64_t T = x.size(0);
+  auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
+  auto k = k_proj->forward(x).view({T, n_kv_, head_dim_});
+  auto v = v_proj->forward(x).view({T, n_kv_, head_dim_});
+  if (q_norm) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  auto keys_for_router = k;  // after k_norm, before RoPE (ELASTIC.md §4)
+  q = apply_rope(q, ctx.cos, ctx.sin);
+  k = apply_rope(k, ctx.cos, ctx.sin);
+
+  torch::Tensor out;
+  if (ctx.mode == RoutingMode::off) {
+    out = attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
+  } else {
+    torch::Tensor s;
+    if (ctx.mode == RoutingMode::fixed) {
+      ELASTIC_CHECK(ctx.fixed_decisions, "forward: routing mode 'fixed' without decisions");
+      s = ctx.fixed_decisions(layer_).to(torch::kFloat32).to(x.device());
+    } else {
+      ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
+      auto z = mask_allocator->forward(keys_for_router, ctx.pack->cu, ctx.prompts);
+      ctx.router_logits.push_back(z);
+      if (ctx.mode == RoutingMode::train) {
+        ELASTIC_CHECK(ctx.gen != nullptr, "forward: training-mode routing needs a noise generator");
+        s = router::fa_weight(router::gumbel_softmax_ste(z, router::gumbel_noise(z, *ctx.gen), ctx.tau));
+      } else {
+        s = router::hard_decision(z);
+      }
+    }
+    ctx.decisions.push_back(s);
+    out = attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_);
+  }
+  return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));
+}
+
+MLPImpl::MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {
+  gate_proj = register_module("gate_proj", Linear(cfg.hidden_size, cfg.intermediate_size, false, opts));
+  up_proj = register_module("up_proj", Linear(cfg.hidden_size, cfg.intermediate_size, false, opts));
+  down_proj = register_module("down_proj", Linear(cfg.intermediate_size, cfg.hidden_size, false, opts));
+}
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  return down_proj->forward(torch::silu(gate_proj->forward(x)) * up_proj->forward(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts) {
+  self_attn = register_module("self_attn", SelfAttention(cfg, layer, opts));
+  mlp = register_module("mlp", MLP(cfg, opts));
+  input_layernorm = register_module("input_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
+  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+DecoderModelImpl::DecoderModelImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {
+  embed_tokens = register_module("embed_tokens", Embedding(cfg.vocab_size, cfg.hidden_size, opts));
+  auto list = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_layers; ++i) {
+    layers.push_back(DecoderLayer(cfg, i, opts));
+    list->push_back(layers.back());
+  }
+  norm = register_module("norm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
+}
+
+CausalLMImpl::CausalLMImpl(const ModelConfig& cfg, const torch::TensorOptions& opts)
+    : cfg_(cfg), opts_(opts), rope_(Rope::make(cfg, opts.device())) {
+  model = register_module("model", DecoderModel(cfg, opts));
+  if (!cfg.tie_word_embeddings) {
+    lm_head = register_module("lm_head", Linear(cfg.hidden_size, cfg.vocab_size, false, opts));
+  }
+}
+
+void CausalLMImpl::prepare(ForwardContext& ctx) const {
+  ELASTIC_CHECK(ctx.pack != nullptr, "forward: no packing given");
+  std::tie(ctx.cos, ctx.sin) = rope_.tables(ctx.pack->positions);
+  if (ctx.prompts.empty()) {
+    // Without prompt ranges the router pools over whole samples.
+    for (int64_t b = 0; b < ctx.pack->num_samples(); ++b) ctx.prompts.push_back({0, ctx.pack->length(b)});
+  }
+}
+
+torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardContext& ctx) {
+  ELASTIC_CHECK(ids.dim() == 1 && ids.size(0) == ctx.pack->tokens(),
+                "forward: token ids must be [" << ctx.pack->tokens() << "], got " << ids.sizes());
+  if (!ctx.cos.defined()) prepare(ctx);
+  ctx.decisions.clear();
+  ctx.router_logits.clear();
+  auto h = model->embed_tokens->forward(ids.to(opts_.device()));
+  for (auto& layer : model->layers) h = layer->forward(h, ctx);
+  return model->norm->forward(h);
+}
+
+const torch::Tensor& CausalLMImpl::lm_head_weight() const {
+  return cfg_.tie_word_embeddings ? model->embed_tokens->weight : lm_head->weight;
+}
+
+torch::Tensor CausalLMImpl::logits(const torch::Tensor& hidden_rows) const {
+  return torch::nn::functional::linear(hidden_rows, lm_head_weight());
+}
+
+void CausalLMImpl::attach_routers(const router::RouterOptions& opt) {
+  ELASTIC_CHECK(opt.head_dim == cfg_.head_dim,
+                "router: head_dim " << opt.head_dim << " differs from the model's " << cfg_.head_dim);
+  for (auto& layer : model->layers) {
+    layer->self_attn->attach_router(opt);
+    layer->self_attn->mask_allocator->to(opts_.device(), torch::kFloat32);
+  }
+  has_routers_ = true;
+}
+
+std::vector<router::Router> CausalLMImpl::routers() const {
+  std::vector<router::Router> out;
+  for (const auto& layer : model->layers) out.push_back(layer->self_attn->mask_allocator);
+  return out;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> CausalLMImpl::router_parameters() const {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (size_t i = 0; i < model->layers.size(); ++i) {
+    const auto& r = model->layers[i]->self_attn->mask_allocator;
+    if (!r) continue;
+    for (const auto& p : r->named_parameters()) {
+      out.emplace_back("model.layers." + std::to_string(i) + ".self_attn.mask_allocator." + p.key(), p.value());
+    }
+  }
+  return out;
+}
+
+}  // namespace elastic::model

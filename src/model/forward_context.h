@@ -1,0 +1,37 @@
+// Everything a forward pass over one packed micro-batch needs besides the weights:
+// the packing, rotary tables, and how attention heads are routed.
+#pragma once
+#include <torch/torch.h>
+
+#include <functional>
+#include <vector>
+
+#include "attention/packing.h"
+#include "router/router.h"
+
+namespace elastic::model {
+
+enum class RoutingMode {
+  off,     // full attention everywhere (the frozen backbone as published)
+  train,   // Gumbel-softmax + straight-through estimator
+  eval,    // argmax of the router logits
+  fixed,   // decisions given by `fixed_decisions` (baselines, static masks, tests)
+};
+
+struct ForwardContext {
+  const attention::Packing* pack = nullptr;
+  std::vector<router::PromptRange> prompts;  // one per sample
+  torch::Tensor cos, sin;                    // rotary tables for pack positions
+
+  RoutingMode mode = RoutingMode::off;
+  attention::MaskSpec ssa = attention::MaskSpec::streaming(128, 2048);
+  double tau = 1.0;
+  torch::Generator* gen = nullptr;  // Gumbel noise source (train mode)
+  std::function<torch::Tensor(int64_t layer)> fixed_decisions;  // [B, Hkv] per layer (fixed mode)
+
+  // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
+  std::vector<torch::Tensor> decisions;
+  std::vector<torch::Tensor> router_logits;
+};
+
+}  // namespace elastic::model

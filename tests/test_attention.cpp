@@ -1,0 +1,155 @@
+// Varlen attention (full and streaming) against a dense brute-force reference, and the
+// routing-aware hybrid backward against plain autograd through both branches.
+#include <gtest/gtest.h>
+
+#include "attention/attention.h"
+#include "attention/hybrid.h"
+#include "test_util.h"
+
+using namespace elastic;
+using namespace elastic::attention;
+using elastic::testing::reference_attention;
+using elastic::testing::rel_err;
+
+namespace {
+
+struct Case {
+  std::vector<int64_t> lengths;
+  int64_t hq, hkv, d;
+  MaskSpec mask;
+};
+
+std::vector<Case> cases() {
+  return {
+      {{37}, 4, 2, 8, MaskSpec::causal()},
+      {{300, 17, 129}, 4, 1, 16, MaskSpec::causal()},
+      {{300, 17, 129}, 6, 3, 8, MaskSpec::streaming(4, 32)},
+      {{513}, 2, 2, 8, MaskSpec::streaming(16, 100)},
+      {{260, 5}, 4, 2, 8, MaskSpec::streaming(0, 7)},
+      {{200}, 2, 1, 8, MaskSpec::streaming(150, 128)},  // sink overlapping the window
+  };
+}
+
+}  // namespace
+
+TEST(Attention, VisibleKeyRangesCoverExactlyTheMask) {
+  // Brute force: the union of ranges must contain every visible key of every row.
+  for (MaskSpec m : {MaskSpec::causal(), MaskSpec::streaming(3, 5), MaskSpec::streaming(0, 1), MaskSpec::streaming(8, 4)}) {
+    for (int64_t a = 0; a < 40; a += 7) {
+      const int64_t b = a + 7;
+      auto r = visible_key_ranges(a, b, m);
+      for (int64_t i = a; i < b; ++i) {
+        for (int64_t j = 0; j <= i; ++j) {
+          bool vis = m.full() || j < m.sink || i - j < m.window;
+          bool covered = false;
+          for (auto [r0, r1] : r) covered |= (j >= r0 && j < r1);
+          if (vis) EXPECT_TRUE(covered) << "row " << i << " key " << j;
+        }
+      }
+      for (size_t x = 1; x < r.size(); ++x) EXPECT_GE(r[x].first, r[x - 1].second);  // disjoint
+    }
+  }
+}
+
+TEST(Attention, ForwardMatchesDenseReference) {
+  torch::manual_seed(0);
+  for (const auto& c : cases()) {
+    auto pack = Packing::from_lengths(c.lengths, torch::kCPU);
+    const int64_t T = pack.tokens();
+    auto q = torch::randn({T, c.hq, c.d}, torch::kFloat64);
+    auto k = torch::randn({T, c.hkv, c.d}, torch::kFloat64);
+    auto v = torch::randn({T, c.hkv, c.d}, torch::kFloat64);
+    const double scale = 0.3;
+    auto f = attention_forward(q, k, v, pack, c.mask, scale);
+    auto ref = reference_attention(q, k, v, pack, c.mask, scale);
+    EXPECT_LT(rel_err(f.out, ref), 1e-12) << "window " << c.mask.window;
+    EXPECT_EQ(f.lse.sizes(), (std::vector<int64_t>{c.hq, T}));
+  }
+}
+
+TEST(Attention, BackwardMatchesAutogradThroughDenseReference) {
+  torch::manual_seed(1);
+  for (const auto& c : cases()) {
+    auto pack = Packing::from_lengths(c.lengths, torch::kCPU);
+    const int64_t T = pack.tokens();
+    auto q = torch::randn({T, c.hq, c.d}, torch::kFloat64).requires_grad_();
+    auto k = torch::randn({T, c.hkv, c.d}, torch::kFloat64).requires_grad_();
+    auto v = torch::randn({T, c.hkv, c.d}, torch::kFloat64).requires_grad_();
+    auto w = torch::randn({T, c.hq, c.d}, torch::kFloat64);
+    (elastic::attention::attention(q, k, v, pack, c.mask, 0.25) * w).sum().backward();
+    auto gq = q.grad().clone(), gk = k.grad().clone(), gv = v.grad().clone();
+    q.mutable_grad().zero_();
+    k.mutable_grad().zero_();
+    v.mutable_grad().zero_();
+    (reference_attention(q, k, v, pack, c.mask, 0.25) * w).sum().backward();
+    EXPECT_LT(rel_err(gq, q.grad()), 1e-10);
+    EXPECT_LT(rel_err(gk, k.grad()), 1e-10);
+    EXPECT_LT(rel_err(gv, v.grad()), 1e-10);
+  }
+}
+
+TEST(Attention, TokensDoNotSeeOtherSamplesOfThePack) {
+  torch::manual_seed(2);
+  auto pack = Packing::from_lengths({50, 70}, torch::kCPU);
+  auto q = torch::randn({120, 4, 8}), k = torch::randn({120, 2, 8}), v = torch::randn({120, 2, 8});
+  for (auto mask : {MaskSpec::causal(), MaskSpec::streaming(4, 16)}) {
+    auto out = attention_forward(q, k, v, pack, mask, 0.35).out;
+    auto k2 = k.clone(), v2 = v.clone();
+    k2.narrow(0, 0, 50).normal_();  // change sample 0 entirely
+    v2.narrow(0, 0, 50).normal_();
+    auto out2 = attention_forward(q, k2, v2, pack, mask, 0.35).out;
+    EXPECT_TRUE(torch::equal(out.narrow(0, 50, 70), out2.narrow(0, 50, 70)));
+    EXPECT_FALSE(torch::allclose(out.narrow(0, 0, 50), out2.narrow(0, 0, 50)));
+    // Alone in its own pack, sample 1 gives the same output.
+    auto alone = Packing::from_lengths({70}, torch::kCPU);
+    auto solo = attention_forward(q.narrow(0, 50, 70), k.narrow(0, 50, 70), v.narrow(0, 50, 70), alone, mask, 0.35).out;
+    EXPECT_LT(rel_err(solo, out.narrow(0, 50, 70)), 1e-6);
+  }
+}
+
+TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
+  torch::manual_seed(3);
+  auto pack = Packing::from_lengths({90, 33, 140}, torch::kCPU);
+  const int64_t T = pack.tokens(), hq = 6, hkv = 3, d = 8;
+  const MaskSpec ssa = MaskSpec::streaming(4, 16);
+  // Hard routing (the training case) and a soft mix (the general formula).
+  std::vector<torch::Tensor> weights = {
+      torch::tensor({{1., 0., 1.}, {0., 0., 0.}, {1., 1., 0.}}, torch::kFloat64),
+      torch::rand({3, 3}, torch::kFloat64),
+  };
+  for (const auto& s0 : weights) {
+    auto q = torch::randn({T, hq, d}, torch::kFloat64).requires_grad_();
+    auto k = torch::randn({T, hkv, d}, torch::kFloat64).requires_grad_();
+    auto v = torch::randn({T, hkv, d}, torch::kFloat64).requires_grad_();
+    auto s = s0.clone().requires_grad_();
+    auto w = torch::randn({T, hq, d}, torch::kFloat64);
+    (hybrid_attention(q, k, v, s, pack, ssa, 0.3) * w).sum().backward();
+    std::vector<torch::Tensor> ours = {q.grad().clone(), k.grad().clone(), v.grad().clone(), s.grad().clone()};
+    for (auto* t : {&q, &k, &v, &s}) t->mutable_grad().zero_();
+    auto out_ref = hybrid_attention_autograd_both(q, k, v, s, pack, ssa, 0.3);
+    (out_ref * w).sum().backward();
+    std::vector<torch::Tensor> ref = {q.grad(), k.grad(), v.grad(), s.grad()};
+    for (size_t i = 0; i < ours.size(); ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 1e-10) << "input " << i;
+    // Forward equals the dense mix of the two brute-force branches.
+    auto fa = reference_attention(q, k, v, pack, MaskSpec::causal(), 0.3);
+    auto sa = reference_attention(q, k, v, pack, ssa, 0.3);
+    auto wt = s0.index_select(0, pack.sample_id).repeat_interleave(hq / hkv, 1).unsqueeze(-1);
+    EXPECT_LT(rel_err(hybrid_attention(q, k, v, s, pack, ssa, 0.3), wt * fa + (1 - wt) * sa), 1e-12);
+  }
+}
+
+TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
+  torch::manual_seed(4);
+  auto pack = Packing::from_lengths({40, 25}, torch::kCPU);
+  const int64_t T = pack.tokens();
+  auto q = torch::randn({T, 4, 8}, torch::kFloat64), k = torch::randn({T, 2, 8}, torch::kFloat64),
+       v = torch::randn({T, 2, 8}, torch::kFloat64);
+  auto s = torch::tensor({{1., 0.}, {0., 1.}}, torch::kFloat64).requires_grad_();
+  auto dout = torch::randn({T, 4, 8}, torch::kFloat64);
+  (hybrid_attention(q, k, v, s, pack, MaskSpec::streaming(2, 5), 0.35) * dout).sum().backward();
+  auto fa = reference_attention(q, k, v, pack, MaskSpec::causal(), 0.35);
+  auto sa = reference_attention(q, k, v, pack, MaskSpec::streaming(2, 5), 0.35);
+  auto per_tok = ((fa - sa) * dout).view({T, 2, 2, 8}).sum({2, 3});
+  auto expect = torch::stack({per_tok.narrow(0, 0, 40).sum(0), per_tok.narrow(0, 40, 25).sum(0)});
+  EXPECT_LT(rel_err(s.grad(), expect), 1e-12);
+}

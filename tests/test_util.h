@@ -1,0 +1,26 @@
+// Shared helpers for the core tests.
+#pragma once
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <string>
+
+#include "attention/packing.h"
+
+namespace elastic::testing {
+
+// A fresh temporary directory, removed at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir();
+  ~TempDir();
+  std::string str(const std::string& name = "") const { return name.empty() ? path.string() : (path / name).string(); }
+};
+
+// Dense reference attention for one packed batch in fp64 (small sizes only: builds n x n per sample).
+torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const attention::Packing& pack, attention::MaskSpec mask, double scale);
+
+double rel_err(const torch::Tensor& a, const torch::Tensor& b);
+
+}  // namespace elastic::testing
