@@ -62,7 +62,7 @@ TEST(Attention, ForwardMatchesDenseReference) {
     const double scale = 0.3;
     auto f = attention_forward(q, k, v, pack, c.mask, scale);
     auto ref = reference_attention(q, k, v, pack, c.mask, scale);
-    EXPECT_LT(rel_err(f.out, ref), 1e-12) << "window " << c.mask.window;
+    EXPECT_LT(rel_err(f.out, ref), 1e-9) << "window " << c.mask.window;
     EXPECT_EQ(f.lse.sizes(), (std::vector<int64_t>{c.hq, T}));
   }
 }

@@ -54,6 +54,13 @@ void AtomicFile::commit() {
   }
 }
 
+void AtomicFile::commit_with_header(const void* header, size_t bytes) {
+  ELASTIC_CHECK(f_ != nullptr, path_ << ": committed twice");
+  ELASTIC_CHECK(std::fflush(f_) == 0 && std::fseek(f_, 0, SEEK_SET) == 0 && std::fwrite(header, 1, bytes, f_) == bytes,
+                path_ << ": writing the header failed (" << std::strerror(errno) << ")");
+  commit();
+}
+
 void write_file_atomic(const std::string& path, const std::string& content) {
   AtomicFile f(path);
   f.write(content);

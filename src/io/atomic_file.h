@@ -16,6 +16,8 @@ class AtomicFile {
   void write(const std::string& s) { write(s.data(), s.size()); }
   // fsync, close, rename over `path`, fsync the directory.
   void commit();
+  // Overwrites the first `bytes` of the file (a header reserved at the start), then commits.
+  void commit_with_header(const void* header, size_t bytes);
   const std::string& tmp_path() const { return tmp_; }
 
  private:

@@ -235,6 +235,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   const fs::path single = d / "model.safetensors";
   std::vector<std::string> shard_names;
   if (fs::exists(index)) {
+    ck.source_ = index.string();
     std::ifstream in(index);
     json j;
     try {
@@ -270,6 +271,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
   } else {
     ELASTIC_CHECK(fs::exists(single), dir << ": neither model.safetensors nor "
                                              "model.safetensors.index.json found");
+    ck.source_ = single.string();
     ck.files_.push_back(SafetensorsFile::open(single.string()));
     for (const auto& t : ck.files_[0]->tensors()) ck.where_[t.name] = 0;
   }

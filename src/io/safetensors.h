@@ -61,9 +61,11 @@ class Checkpoint {
   // Path of the file that holds `name` (for error messages).
   const std::string& file_of(const std::string& name) const;
   const std::string& dir() const { return dir_; }
+  // The file that names the tensors: model.safetensors or model.safetensors.index.json.
+  const std::string& source() const { return source_; }
 
  private:
-  std::string dir_;
+  std::string dir_, source_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::map<std::string, size_t> where_;
 };

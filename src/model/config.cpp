@@ -89,9 +89,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   c.bos_token_id = token_id(j, "bos_token_id");
   c.eos_token_id = token_id(j, "eos_token_id");
   c.torch_dtype = optional_or<std::string>(j, "torch_dtype", optional_or<std::string>(j, "dtype", "float32", src), src);
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const json& r = j["rope_scaling"];
-    const std::string rsrc = src + ": rope_scaling";
+  // transformers < 5 writes rope_theta and rope_scaling; transformers 5 writes rope_parameters
+  // holding rope_theta, rope_type and the scaling fields.
+  const char* rope_key = j.contains("rope_parameters") && !j["rope_parameters"].is_null() ? "rope_parameters"
+                                                                                           : "rope_scaling";
+  if (j.contains(rope_key) && !j[rope_key].is_null()) {
+    const json& r = j[rope_key];
+    const std::string rsrc = src + ": " + rope_key;
+    ELASTIC_CHECK(r.is_object(), rsrc << ": expected an object");
+    if (r.contains("rope_theta")) c.rope_theta = required<double>(r, "rope_theta", rsrc);
     std::string type = optional_or<std::string>(r, "rope_type", optional_or<std::string>(r, "type", "", rsrc), rsrc);
     if (type == "llama3") {
       RopeScaling s;
@@ -105,6 +111,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
       ELASTIC_FAIL(rsrc << ": rope_type '" << type << "' is not supported (supported: llama3, default)");
     }
   }
+  ELASTIC_CHECK(!optional_or<bool>(j, "use_sliding_window", false, src),
+                src << ": use_sliding_window=true is not supported (the backbone must use full attention)");
   for (auto [v, name] : {std::pair{c.vocab_size, "vocab_size"}, {c.hidden_size, "hidden_size"},
                          {c.intermediate_size, "intermediate_size"}, {c.num_layers, "num_hidden_layers"}}) {
     ELASTIC_CHECK(v > 0, src << ": '" << name << "' must be positive (got " << v << ")");

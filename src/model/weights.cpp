@@ -41,7 +41,7 @@ void load_weights(CausalLM& model, const std::string& dir) {
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
     if (name.find(".mask_allocator.") != std::string::npos) continue;  // routers are not in backbones
-    ELASTIC_CHECK(ck.contains(name), dir << ": checkpoint is missing tensor '" << name << "'");
+    ELASTIC_CHECK(ck.contains(name), ck.source() << ": checkpoint is missing tensor '" << name << "'");
     auto src = ck.get(name);
     ELASTIC_CHECK(src.sizes() == p.value().sizes(),
                   ck.file_of(name) << ": tensor '" << name << "' has shape " << src.sizes() << ", expected "
