@@ -146,6 +146,82 @@ def chat_cases():
     ]
 
 
+SYNTH_EXTRA = [
+    ("tmpl_plain", "hello world"),
+    ("lstrip_tok", "left   <ls> right"),
+    ("rstrip_tok", "left <rs>   right"),
+    ("lstrip_rstrip_start_end", "  <ls>x<rs>  "),
+    ("single_word_ok", "a word here"),
+    ("single_word_inside", "swordfish words word_ sword"),
+    ("single_word_edges", "word"),
+    ("normalized_tok_composed", "caf\u00e9 \u00e9t\u00e9"),
+    ("normalized_tok_decomposed", "cafe\u0301 e\u0301te\u0301"),
+    ("special_inside", "x<s>y</s>z<pad><sp>"),
+    ("overlap_longest", "<sp><spx> <s><s>"),
+]
+
+
+def synthetic_tokenizer(cases):
+    """A small byte-level BPE with the features the real files do not exercise:
+    TemplateProcessing, lstrip/rstrip/single_word and normalized added tokens, [a, b] merges."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    pattern = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+    split = pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False)
+    bl = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    pre = pre_tokenizers.Sequence([split, bl])
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    # deterministic greedy merges over the corpus
+    words = {}
+    for _, text in cases:
+        for w, _ in pre.pre_tokenize_str(text):
+            words[w] = words.get(w, 0) + 1
+    seqs = {w: list(w) for w in words}
+    merges = []
+    for _ in range(300):
+        counts = {}
+        for w, n in words.items():
+            s = seqs[w]
+            for a, b in zip(s, s[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + n
+        if not counts:
+            break
+        best = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        if counts[best] < 2:
+            break
+        merges.append(best)
+        vocab.setdefault(best[0] + best[1], len(vocab))
+        for w in seqs:
+            s, out, i = seqs[w], [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = out
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<s>", special=True, normalized=False),
+                            AddedToken("</s>", special=True, normalized=False),
+                            AddedToken("<pad>", special=True, normalized=False),
+                            AddedToken("<sp>", special=True, normalized=False)])
+    tok.add_tokens([AddedToken("<ls>", lstrip=True, normalized=False, special=False),
+                    AddedToken("<rs>", rstrip=True, normalized=False, special=False),
+                    AddedToken("word", single_word=True, normalized=False, special=False),
+                    AddedToken("<spx>", normalized=False, special=False),
+                    AddedToken("\u00e9t\u00e9", normalized=True, special=False)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    return tok
+
+
 def eot_token(name):
     return {"qwen3": "<|im_end|>", "llama3": "<|eot_id|>"}[name]
 
@@ -215,14 +291,19 @@ def main():
         json.dump({"cases": [{"name": n, "text": t} for n, t in cases]}, f, ensure_ascii=False, indent=0)
         f.write("\n")
 
-    for name in NAMES:
-        path = os.path.join(args.tokenizers, name)
+    synth_dir = os.path.join(args.out, "synthetic")
+    os.makedirs(synth_dir, exist_ok=True)
+    synthetic_tokenizer(cases).save(os.path.join(synth_dir, "tokenizer.json"))
+
+    for name in NAMES + ["synthetic"]:
+        path = os.path.join(args.tokenizers, name) if name != "synthetic" else synth_dir
         tj = os.path.join(path, "tokenizer.json")
         with open(tj, "rb") as f:
             raw = f.read()
         tok = Tokenizer.from_file(tj)
+        cases_here = cases + (SYNTH_EXTRA if name == "synthetic" else [])
         enc = {}
-        for cname, text in cases:
+        for cname, text in cases_here:
             with_sp = tok.encode(text, add_special_tokens=True).ids
             without = tok.encode(text, add_special_tokens=False).ids
             enc[cname] = {
@@ -252,7 +333,7 @@ def main():
         probe = ["hello", "Ġhello", "<|im_end|>", "<|eot_id|>", "<|begin_of_text|>", "<think>", "ĊĊ", "not-a-token-xyz"]
         vocab_probe = {p: tok.token_to_id(p) for p in probe}
         id_probe = {str(i): tok.id_to_token(i) for i in [0, 1, 100, 198, 271, 1000, vs - 1, vs, vs + 5]}
-        chat = chat_golden(name, path, tok) if tf_version else []
+        chat = chat_golden(name, path, tok) if tf_version and name != "synthetic" else []
         doc = {
             "generator": {"tokenizers": tokenizers.__version__, "transformers": tf_version,
                           "python": platform.python_version()},
@@ -262,6 +343,7 @@ def main():
             "vocab_size_no_added": tok.get_vocab_size(with_added_tokens=False),
             "token_to_id": vocab_probe,
             "id_to_token": id_probe,
+            "extra_cases": [{"name": n, "text": t} for n, t in cases_here[len(cases):]],
             "encode": enc,
             "decode": dec,
             "chat": chat,
@@ -269,7 +351,7 @@ def main():
         with open(os.path.join(args.out, f"{name}.json"), "w", encoding="utf-8") as f:
             json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
             f.write("\n")
-        print(f"{name}: {len(cases)} encode cases, {len(dec)} decode cases, {len(chat)} chat cases", file=sys.stderr)
+        print(f"{name}: {len(cases_here)} encode cases, {len(dec)} decode cases, {len(chat)} chat cases", file=sys.stderr)
 
 
 if __name__ == "__main__":
