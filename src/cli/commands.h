@@ -8,5 +8,9 @@ int cmd_make_tiny_model(int argc, char** argv);
 int cmd_forward(int argc, char** argv);
 int cmd_inspect_model(int argc, char** argv);
 int cmd_bench_forward(int argc, char** argv);
+int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
+int cmd_make_synthetic_data(int argc, char** argv);
+int cmd_inspect_data(int argc, char** argv);
 
 }  // namespace elastic::cli

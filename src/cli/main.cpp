@@ -22,13 +22,17 @@ const std::map<std::string, Command>& commands() {
       {"forward", {cmd_forward, "run a packed forward pass and write logits (golden checks)"}},
       {"inspect-model", {cmd_inspect_model, "print a model directory's config, size and fingerprint"}},
       {"bench-forward", {cmd_bench_forward, "time checkpoint loading and forward throughput"}},
+      {"train", {cmd_train, "train Elastic Attention routers (or a backbone) from a YAML config"}},
+      {"eval", {cmd_eval, "evaluate a run with hard routing: per-task loss, accuracy, sparsity"}},
+      {"make-synthetic-data", {cmd_make_synthetic_data, "write a packed dataset of synthetic long-context tasks"}},
+      {"inspect-data", {cmd_inspect_data, "print a packed dataset's header and one pack"}},
   };
   return c;
 }
 
 void usage() {
   std::cerr << "usage: elastic <command> [options]\n\ncommands:\n";
-  for (const auto& [name, c] : commands()) std::cerr << "  " << name << std::string(18 - name.size(), ' ') << c.help << "\n";
+  for (const auto& [name, c] : commands()) std::cerr << "  " << name << std::string(22 - name.size(), ' ') << c.help << "\n";
   std::cerr << "\nRun `elastic <command> --help` for a command's options.\n";
 }
 

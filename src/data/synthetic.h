@@ -1,0 +1,42 @@
+// Synthetic long-context tasks with the reference's task ids (ELASTIC.md §8), for demos,
+// tests and the elasticity benchmark. Sparsity-sensitive tasks need tokens far outside a
+// local window; sparsity-robust ones need only recent tokens and the sequence start.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+
+namespace elastic::data {
+
+// Reserved token ids; content tokens are drawn from [kFirstContent, vocab).
+enum SyntheticToken : int32_t { kPad = 0, kBos = 1, kEos = 2, kKey = 3, kVal = 4, kQuery = 5, kAnswer = 6, kFirstContent = 16 };
+
+enum class SyntheticTask : int32_t {
+  retrieval = 0,   // single_qa: the value of a key planted anywhere in the context (sensitive)
+  multihop = 1,    // multihop_qa: key -> value -> value, both pairs planted far apart (sensitive)
+  recent_copy = 2, // summarization slot: repeat the tokens just before the question (robust)
+  pattern = 3,     // code slot: continue a periodic pattern of the recent text (robust)
+  instruction = 4, // icl slot: answer the token given right after BOS (robust with a sink)
+};
+
+struct SyntheticOptions {
+  int64_t vocab = 512;
+  int64_t num_samples = 64;
+  int64_t min_len = 128;
+  int64_t max_len = 512;
+  int64_t answer_len = 4;
+  std::vector<SyntheticTask> tasks = {SyntheticTask::retrieval, SyntheticTask::multihop, SyntheticTask::recent_copy,
+                                      SyntheticTask::pattern, SyntheticTask::instruction};
+  // Keys for the sensitive tasks are planted in the first `far_fraction` of the context.
+  double far_fraction = 0.5;
+  uint64_t seed = 0;
+};
+
+Sample make_synthetic_sample(SyntheticTask task, int64_t length, const SyntheticOptions& opt, uint64_t seed);
+std::vector<Sample> make_synthetic_samples(const SyntheticOptions& opt);
+SyntheticTask parse_synthetic_task(const std::string& name);
+const char* synthetic_task_name(SyntheticTask t);
+
+}  // namespace elastic::data

@@ -1,0 +1,29 @@
+#include "util/memory.h"
+
+#include <sys/resource.h>
+
+#ifdef ELASTIC_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace elastic {
+
+double peak_memory_gb(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / 1e9;
+  }
+#endif
+  struct rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) * 1024.0 / 1e9;
+}
+
+void reset_peak_memory(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#endif
+}
+
+}  // namespace elastic
