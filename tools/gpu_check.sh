@@ -25,8 +25,10 @@ for s in "$@"; do
       tail -4 "$OUT/build.log" ;;
     test)
       stage test
-      $BUILD/elastic_tests --gtest_brief=1 2>&1 | tail -30 | tee "$OUT/tests.log"
-      [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+      $BUILD/elastic_tests > "$OUT/tests.log" 2>&1
+      rc=$?
+      grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|actual|Segmentation" "$OUT/tests.log" | head -40
+      [ $rc -eq 0 ] || { echo "elastic_tests exit $rc; last lines:"; tail -15 "$OUT/tests.log"; status=1; } ;;
     golden)
       stage golden
       rm -rf /tmp/golden && python3 tools/gen_model_golden.py --out /tmp/golden --elastic $BUILD/elastic || status=1
@@ -39,6 +41,13 @@ for s in "$@"; do
       du -sh $M
       $BUILD/elastic bench-forward --model $M --tokens 8192,32768 --samples 3 --repeat 3 --out "$OUT/bench_forward.json" \
         2>&1 | grep -v '^ ' | tail -8 || status=1 ;;
+    bench-train)
+      stage bench-train
+      M=/tmp/qwen3-4b-random
+      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 2560 \
+        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
+      $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-32768,65536} --samples 3 --steps 3 \
+        --out "$OUT/bench_train_qwen3-4b.json" 2>&1 | grep -E "info|error" | tail -6 || status=1 ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

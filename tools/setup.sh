@@ -46,6 +46,9 @@ else
 fi
 
 JOBS=${JOBS:-$(nproc)}
+# Let ccache hit across checkouts in different directories and through precompiled headers.
+export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=true \
+  CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
   say "configuring $BUILD_DIR (CUDA=${ELASTIC_CUDA:-OFF})"
   cmake -S . -B "$BUILD_DIR" -G Ninja -DELASTIC_CUDA="${ELASTIC_CUDA:-OFF}" ${CMAKE_ARGS:-} >/dev/null

@@ -12,5 +12,6 @@ int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_make_synthetic_data(int argc, char** argv);
 int cmd_inspect_data(int argc, char** argv);
+int cmd_bench_train(int argc, char** argv);
 
 }  // namespace elastic::cli

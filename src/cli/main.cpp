@@ -22,6 +22,7 @@ const std::map<std::string, Command>& commands() {
       {"forward", {cmd_forward, "run a packed forward pass and write logits (golden checks)"}},
       {"inspect-model", {cmd_inspect_model, "print a model directory's config, size and fingerprint"}},
       {"bench-forward", {cmd_bench_forward, "time checkpoint loading and forward throughput"}},
+      {"bench-train", {cmd_bench_train, "time training steps and attention at real model shapes"}},
       {"train", {cmd_train, "train Elastic Attention routers (or a backbone) from a YAML config"}},
       {"eval", {cmd_eval, "evaluate a run with hard routing: per-task loss, accuracy, sparsity"}},
       {"make-synthetic-data", {cmd_make_synthetic_data, "write a packed dataset of synthetic long-context tasks"}},

@@ -27,41 +27,48 @@ void SelfAttentionImpl::attach_router(const router::RouterOptions& opt) {
   mask_allocator = register_module("mask_allocator", router::Router(opt));
 }
 
-torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
+torch::Tensor SelfAttentionImpl::keys_pre_rope(const torch::Tensor& x) const {
+  auto k = k_proj->forward(x).view({x.size(0), n_kv_, head_dim_});
+  return q_norm ? k_norm->forward(k) : k;
+}
+
+torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, ForwardContext& ctx) {
+  torch::Tensor s;
+  if (ctx.mode == RoutingMode::fixed) {
+    ELASTIC_CHECK(ctx.fixed_decisions, "forward: routing mode 'fixed' without decisions");
+    s = ctx.fixed_decisions(layer_).to(torch::kFloat32).to(keys.device());
+  } else {
+    ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
+    // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
+    auto z = mask_allocator->forward(keys, ctx.pack->cu, ctx.prompts);
+    ctx.router_logits.push_back(z);
+    if (ctx.mode == RoutingMode::train) {
+      ELASTIC_CHECK(ctx.gen != nullptr, "forward: training-mode routing needs a noise generator");
+      s = router::fa_weight(router::gumbel_softmax_ste(z, router::gumbel_noise(z, *ctx.gen), ctx.tau));
+    } else {
+      s = router::hard_decision(z);
+    }
+  }
+  ctx.decisions.push_back(s);
+  return s;
+}
+
+torch::Tensor SelfAttentionImpl::decide(const torch::Tensor& x, ForwardContext& ctx) {
+  return routing_weights(keys_pre_rope(x), ctx);
+}
+
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s_given) {
   const int64_t T = x.size(0);
   auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
-  auto k = k_proj->forward(x).view({T, n_kv_, head_dim_});
+  auto k = keys_pre_rope(x);
   auto v = v_proj->forward(x).view({T, n_kv_, head_dim_});
-  if (q_norm) {
-    q = q_norm->forward(q);
-    k = k_norm->forward(k);
-  }
-  auto keys_for_router = k;  // after k_norm, before RoPE (ELASTIC.md §4)
+  if (q_norm) q = q_norm->forward(q);
+  torch::Tensor s = s_given;
+  if (!s.defined() && ctx.mode != RoutingMode::off) s = routing_weights(k, ctx);
   q = apply_rope(q, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
-
-  torch::Tensor out;
-  if (ctx.mode == RoutingMode::off) {
-    out = attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
-  } else {
-    torch::Tensor s;
-    if (ctx.mode == RoutingMode::fixed) {
-      ELASTIC_CHECK(ctx.fixed_decisions, "forward: routing mode 'fixed' without decisions");
-      s = ctx.fixed_decisions(layer_).to(torch::kFloat32).to(x.device());
-    } else {
-      ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
-      auto z = mask_allocator->forward(keys_for_router, ctx.pack->cu, ctx.prompts);
-      ctx.router_logits.push_back(z);
-      if (ctx.mode == RoutingMode::train) {
-        ELASTIC_CHECK(ctx.gen != nullptr, "forward: training-mode routing needs a noise generator");
-        s = router::fa_weight(router::gumbel_softmax_ste(z, router::gumbel_noise(z, *ctx.gen), ctx.tau));
-      } else {
-        s = router::hard_decision(z);
-      }
-    }
-    ctx.decisions.push_back(s);
-    out = attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_);
-  }
+  auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_)
+                         : attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
   return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));
 }
 
@@ -83,9 +90,68 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const 
       register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
-  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx);
+torch::Tensor DecoderLayerImpl::forward_with(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s) {
+  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx, s);
   return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+namespace {
+
+// Activation checkpointing of one decoder layer: the forward keeps only the layer input and
+// the routing weights; the backward recomputes the layer with grad enabled and backpropagates
+// through it (parameter gradients accumulate as usual).
+class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* actx, torch::Tensor x,
+                                                torch::Tensor s, DecoderLayerImpl* layer, ForwardContext* ctx) {
+    torch::Tensor out;
+    {
+      torch::NoGradGuard ng;
+      out = layer->forward_with(x, *ctx, s);
+    }
+    actx->save_for_backward({x, s});
+    actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    actx->saved_data["ctx"] = reinterpret_cast<int64_t>(ctx);
+    return {out};
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* actx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = actx->get_saved_variables();
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
+    auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
+    auto x = saved[0].detach().requires_grad_(actx->needs_input_grad(0));
+    torch::Tensor s;
+    if (saved[1].defined()) s = saved[1].detach().requires_grad_(actx->needs_input_grad(1));
+    torch::Tensor out;
+    {
+      torch::AutoGradMode on(true);
+      out = layer->forward_with(x, *ctx, s);
+    }
+    if (out.requires_grad()) torch::autograd::backward({out}, {grads[0]});
+    torch::Tensor gx = x.requires_grad() ? x.grad() : torch::Tensor();
+    torch::Tensor gs = (s.defined() && s.requires_grad()) ? s.grad() : torch::Tensor();
+    return {gx, gs, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
+  if (!ctx.checkpoint || !torch::GradMode::is_enabled()) return forward_with(x, ctx, torch::Tensor());
+  torch::Tensor in = x;
+  if (!in.requires_grad()) {
+    // Trainable parameters inside the layer get gradients only if the checkpoint's backward
+    // runs, which needs an input that requires grad.
+    for (const auto& p : parameters()) {
+      if (p.requires_grad()) {
+        in = x.detach().requires_grad_();
+        break;
+      }
+    }
+  }
+  torch::Tensor s;
+  if (ctx.mode != RoutingMode::off) s = self_attn->decide(input_layernorm->forward(x), ctx);
+  return CheckpointFn::apply(in, s, this, &ctx)[0];
 }
 
 DecoderModelImpl::DecoderModelImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {

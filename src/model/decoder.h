@@ -13,7 +13,11 @@ namespace elastic::model {
 class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
-  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
+  // With `s` defined the routing decisions are given (activation-checkpoint recompute);
+  // otherwise they come from ctx.mode and are recorded in ctx.decisions.
+  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s = {});
+  // The routing decisions of this layer for normalised input x: s [B, Hkv], recorded in ctx.
+  torch::Tensor decide(const torch::Tensor& x, ForwardContext& ctx);
   void attach_router(const router::RouterOptions& opt);
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
@@ -23,6 +27,8 @@ class SelfAttentionImpl : public torch::nn::Module {
  private:
   int64_t layer_, n_heads_, n_kv_, head_dim_;
   double scale_;
+  torch::Tensor keys_pre_rope(const torch::Tensor& x) const;
+  torch::Tensor routing_weights(const torch::Tensor& keys, ForwardContext& ctx);
 };
 TORCH_MODULE(SelfAttention);
 
@@ -37,7 +43,10 @@ TORCH_MODULE(MLP);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
+  // With ctx.checkpoint and grad enabled, activations inside the layer are not kept: the
+  // backward recomputes the layer with the same routing decisions.
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
+  torch::Tensor forward_with(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s);
   SelfAttention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

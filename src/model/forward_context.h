@@ -29,6 +29,9 @@ struct ForwardContext {
   torch::Generator* gen = nullptr;  // Gumbel noise source (train mode)
   std::function<torch::Tensor(int64_t layer)> fixed_decisions;  // [B, Hkv] per layer (fixed mode)
 
+  // Recompute each decoder layer in the backward instead of keeping its activations.
+  bool checkpoint = false;
+
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;
   std::vector<torch::Tensor> router_logits;

@@ -118,6 +118,7 @@ const std::vector<Field>& fields() {
       field("train.routing", &C::train_routing, "a routing mode", one_of({"router", "off"})),
       field("train.backbone_lr", &C::train_backbone_lr, "a number", in_range(0, 10)),
       field("train.logits_chunk", &C::train_logits_chunk, "an integer", at_least(1)),
+      field("train.checkpoint", &C::train_checkpoint, "true or false"),
       field("data.path", &C::data_path, "a file path"),
       field("data.shuffle", &C::data_shuffle, "true or false"),
       field("output.dir", &C::output_dir, "a directory path"),

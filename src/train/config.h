@@ -55,6 +55,7 @@ struct TrainConfig {
   std::vector<std::string> train_trainable;  // regexes of backbone parameters to unfreeze
   double train_backbone_lr = 1e-3;           // lr of unfrozen backbone parameters
   int64_t train_logits_chunk = 4096;         // labelled rows per logits chunk
+  bool train_checkpoint = true;              // recompute decoder layers in the backward
   // data
   std::string data_path;
   bool data_shuffle = true;

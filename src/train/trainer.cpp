@@ -142,6 +142,7 @@ json Trainer::step() {
     auto gen = router::routing_generator(cfg_.train_seed, /*rank=*/0, step_ * M + m);
     ctx.gen = &gen;
     ctx.mode = routing ? model::RoutingMode::train : model::RoutingMode::off;
+    ctx.checkpoint = cfg_.train_checkpoint;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);

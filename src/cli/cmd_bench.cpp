@@ -1,0 +1,159 @@
+// bench-train: training-step throughput, peak memory and an attention/router time breakdown
+// on random-weight models of real shapes (issue: GPU performance). Results as JSON.
+#include <chrono>
+#include <iostream>
+
+#include "attention/hybrid.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "io/atomic_file.h"
+#include "model/weights.h"
+#include "router/gumbel.h"
+#include "train/objective.h"
+#include "util/error.h"
+#include "util/log.h"
+#include "util/memory.h"
+
+namespace elastic::cli {
+
+using nlohmann::json;
+
+namespace {
+
+struct Timer {
+  torch::Device dev;
+  template <class F>
+  double median_ms(F&& f, int reps) {
+    std::vector<double> t;
+    f();  // warm-up
+    for (int i = 0; i < reps; ++i) {
+      if (dev.is_cuda()) torch::cuda::synchronize();
+      auto s = std::chrono::steady_clock::now();
+      f();
+      if (dev.is_cuda()) torch::cuda::synchronize();
+      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+}  // namespace
+
+int cmd_bench_train(int argc, char** argv) {
+  Args a("bench-train", argc, argv,
+         {"model", "tokens", "samples", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops"},
+         {"help", "no-checkpoint"});
+  if (a.flag("help")) {
+    std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --samples 3 --steps 3 --sink 128 --window 2048\n"
+                 "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --out result.json]\n";
+    return 0;
+  }
+  auto device = model::parse_device(a.get("device", "auto"), "--device");
+  auto dtype = model::parse_dtype(a.get("dtype", device.is_cuda() ? "bfloat16" : "float32"), "--dtype");
+  auto m = model::load_model(a.require("model"), dtype, device);
+  const auto& mc = m->config();
+  router::RouterOptions ro;
+  ro.head_dim = mc.head_dim;
+  torch::manual_seed(0);
+  m->attach_routers(ro);
+  {
+    // Random (not 50/50) routers so the routing mix is realistic from the first step.
+    torch::NoGradGuard ng;
+    for (auto& r : m->routers()) r->cls_router_head_agnostic[4]->as<torch::nn::Linear>()->weight.normal_(0, 0.05);
+  }
+  std::vector<torch::Tensor> rp;
+  for (auto& [n, p] : m->router_parameters()) rp.push_back(p);
+  torch::optim::AdamW opt(rp, torch::optim::AdamWOptions(5e-4));
+  const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", 128), a.get_int("window", 2048));
+  const double peak = a.get_double("peak-tflops", 800.0);
+  const int steps = static_cast<int>(a.get_int("steps", 3));
+  Timer timer{device};
+  json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"params", mc.num_parameters()},
+                 {"dtype", c10::toString(dtype)}, {"checkpoint", !a.flag("no-checkpoint")},
+                 {"sink", ssa.sink}, {"window", ssa.window}, {"runs", json::array()}};
+  std::vector<int64_t> sizes;
+  std::stringstream ss(a.get("tokens", "32768,65536"));
+  for (std::string t; std::getline(ss, t, ',');) sizes.push_back(std::stoll(t));
+  const int64_t nsamples = a.get_int("samples", 3);
+  for (int64_t T : sizes) {
+    std::vector<int64_t> lengths;
+    for (int64_t b = 0; b < nsamples; ++b) lengths.push_back(T / nsamples + (b < T % nsamples ? 1 : 0));
+    auto pack = attention::Packing::from_lengths(lengths, device);
+    auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
+    // Labels on the last 5% of each sample (the answer of an SFT sample).
+    auto labels = torch::zeros({T}, torch::kUInt8);
+    for (int64_t b = 0; b < nsamples; ++b) {
+      const int64_t n = lengths[b], k = std::max<int64_t>(1, n / 20);
+      labels.narrow(0, pack.cu[b + 1] - k, k).fill_(1);
+    }
+    std::vector<router::PromptRange> prompts;
+    for (auto n : lengths) prompts.push_back({0, n - std::max<int64_t>(1, n / 20)});
+    double omega = 0;
+    int64_t step_no = 0;
+    auto train_step = [&] {
+      model::ForwardContext ctx;
+      ctx.pack = &pack;
+      ctx.prompts = prompts;
+      ctx.ssa = ssa;
+      ctx.mode = model::RoutingMode::train;
+      ctx.checkpoint = !a.flag("no-checkpoint");
+      auto gen = router::routing_generator(0, 0, step_no++);
+      ctx.gen = &gen;
+      auto h = m->forward_hidden(ids, ctx);
+      auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+      auto om = train::model_sparsity(ctx.decisions);
+      auto loss = lm.sum / std::max<int64_t>(lm.tokens, 1) + (om - 0.7).abs().mean();
+      loss.backward();
+      opt.step();
+      opt.zero_grad();
+      omega = om.mean().item<double>();
+    };
+    reset_peak_memory(device);
+    const double step_ms = timer.median_ms(train_step, steps);
+    const double peak_gb = peak_memory_gb(device);
+    // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
+    // sample and layer, backward input gradients 2PT + 2.5x attention forward.
+    const double P = static_cast<double>(mc.num_parameters() - mc.vocab_size * mc.hidden_size);
+    double attn = 0;
+    for (auto n : lengths) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers;
+    const double flops = 2 * P * T + attn + 2 * P * T + 2.5 * attn;
+    // One layer's attention, at this pack, with the measured routing mix.
+    auto o = torch::TensorOptions().dtype(dtype).device(device);
+    auto q = torch::randn({T, mc.num_heads, mc.head_dim}, o).requires_grad_();
+    auto k = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
+    auto v = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
+    auto s = (torch::rand({nsamples, mc.num_kv_heads}) > omega).to(torch::kFloat32).to(device).requires_grad_();
+    auto dout = torch::randn({T, mc.num_heads, mc.head_dim}, o);
+    const double sc = 1.0 / std::sqrt(static_cast<double>(mc.head_dim));
+    auto fa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }, 5);
+    auto ssa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, ssa, sc); }, 5);
+    auto hyb = timer.median_ms([&] { attention::hybrid_attention(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
+    auto both = timer.median_ms([&] { attention::hybrid_attention_autograd_both(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
+    auto keys = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o);
+    auto router0 = m->routers()[0];
+    auto router_ms = timer.median_ms([&] { router0->forward(keys, pack.cu, prompts).sum().backward(); }, 5);
+    json run = {{"tokens", T},
+                {"samples", lengths},
+                {"step_ms", step_ms},
+                {"tokens_per_s", T / (step_ms / 1e3)},
+                {"mfu_dense_equivalent", flops / (step_ms / 1e3) / (peak * 1e12)},
+                {"peak_memory_gb", peak_gb},
+                {"omega_msr", omega},
+                {"per_layer_ms",
+                 {{"fa_forward", fa_fwd}, {"ssa_forward", ssa_fwd}, {"hybrid_fwd_bwd_routing_aware", hyb},
+                  {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms}}},
+                {"routing_aware_speedup", both / hyb},
+                {"router_share_of_step", router_ms * mc.num_layers / step_ms},
+                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * mc.num_layers / step_ms}};
+    LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
+                  << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega
+                  << ", routing-aware speed-up x" << both / hyb);
+    result["runs"].push_back(run);
+  }
+  if (a.has("out")) io::write_file_atomic(a.get("out", ""), result.dump(2) + "\n");
+  std::cout << result.dump(2) << "\n";
+  return 0;
+}
+
+}  // namespace elastic::cli
