@@ -50,17 +50,29 @@ void print_task_table(const json& summary) {
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
-  Args a("train", argc, argv, {"set"}, {"help"});
+  Args a("train", argc, argv, {"set", "resume"}, {"help"});
   if (a.flag("help")) {
-    std::cout << "elastic train CONFIG.yaml [--set key=value ...]\n\nkeys:\n";
+    std::cout << "elastic train CONFIG.yaml [--set key=value ...] [--resume auto|CHECKPOINT_DIR]\n"
+                 "Multi-GPU / multi-process: mpirun -np N elastic train ... (see launch/)\n\nkeys:\n";
     for (const auto& k : train::config_keys()) std::cout << "  " << k << "\n";
     return 0;
   }
   ELASTIC_CHECK(a.positional().size() <= 1, "train: usage: elastic train CONFIG.yaml [--set key=value ...]");
-  auto cfg = train::load_config(a.positional().empty() ? "" : a.positional()[0], a.all("set"));
+  auto overrides = a.all("set");
+  if (a.has("resume")) overrides.push_back("train.resume=" + a.get("resume", ""));
+  auto cfg = train::load_config(a.positional().empty() ? "" : a.positional()[0], overrides);
   apply_log_level(cfg.log_level);
   train::Trainer trainer(cfg);
   auto last = trainer.run();
+  if (trainer.stopped_by_signal()) {
+    LOG_WARN("stopped by signal at step " << trainer.current_step() << "; resume with --resume auto");
+    return 0;
+  }
+  if (last.is_null()) {
+    LOG_INFO("nothing to do: the run is already at step " << trainer.current_step() << " of " << cfg.train_steps);
+    return 0;
+  }
+  if (trainer.rank() != 0) return 0;
   std::cout << "\nfinal step " << last["step"] << ": lm_loss " << last["lm_loss"].get<double>();
   if (last.contains("omega_msr")) {
     std::cout << ", Ω_MSR " << last["omega_msr"].get<double>() << ", Ω_ESR " << last["omega_esr"].get<double>() << "\n";

@@ -56,6 +56,13 @@ struct TrainConfig {
   double train_backbone_lr = 1e-3;           // lr of unfrozen backbone parameters
   int64_t train_logits_chunk = 4096;         // labelled rows per logits chunk
   bool train_checkpoint = true;              // recompute decoder layers in the backward
+  int64_t train_max_nonfinite_steps = 3;     // consecutive skipped steps before training stops
+  std::string train_resume;                  // "", "auto" (newest checkpoint in output.dir) or a checkpoint dir
+  // checkpoints (under output.dir/checkpoints)
+  int64_t checkpoint_every = 50;             // steps; 0 = only at the end and on SIGTERM/SIGUSR1
+  int64_t checkpoint_keep = 3;
+  // distribution
+  double dist_timeout_s = 600.0;
   // data
   std::string data_path;
   bool data_shuffle = true;

@@ -1,13 +1,19 @@
 #include "train/trainer.h"
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
+#include <map>
 #include <regex>
 
 #include "io/atomic_file.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
+#include "io/safetensors.h"
+#include "train/checkpoint.h"
 #include "train/export.h"
 #include "train/schedules.h"
 #include "util/error.h"
@@ -19,6 +25,13 @@ namespace elastic::train {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+extern "C" void on_stop_signal(int) { g_stop_requested = true; }
+
+}  // namespace
 
 std::vector<torch::Tensor> unfreeze(model::CausalLM& m, const std::vector<std::string>& patterns) {
   std::vector<torch::Tensor> out;
@@ -44,7 +57,12 @@ std::vector<torch::Tensor> unfreeze(model::CausalLM& m, const std::vector<std::s
   return out;
 }
 
-Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), device_(model::parse_device(cfg.model_device, "model.device")) {
+Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
+    : cfg_(cfg), device_(model::parse_device(cfg.model_device, "model.device")) {
+  // Each rank takes the GPU of its local rank.
+  if (device_.is_cuda() && !device_.has_index()) device_ = torch::Device(torch::kCUDA, dist::local_rank_from_env());
+  comm_ = comm ? comm : dist::Comm::world(device_, cfg.dist_timeout_s);
+  log::set_rank(comm_->rank());
   dtype_ = cfg.model_dtype == "auto" ? (device_.is_cuda() ? torch::kBFloat16 : torch::kFloat32)
                                      : model::parse_dtype(cfg.model_dtype, "model.dtype");
   auto ds = data::Dataset::open(cfg.data_path);
@@ -84,15 +102,36 @@ Trainer::Trainer(const TrainConfig& cfg) : cfg_(cfg), device_(model::parse_devic
   }
   ELASTIC_CHECK(opt_router_ || opt_backbone_,
                 "nothing to train: train.routing is 'off' and train.trainable selects no parameter");
-  fs::create_directories(cfg.output_dir);
-  io::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), to_yaml(cfg));
-  log::add_file((fs::path(cfg.output_dir) / "train.log").string());
+  if (comm_->is_root()) {
+    fs::create_directories(cfg.output_dir);
+    io::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), to_yaml(cfg));
+    log::add_file((fs::path(cfg.output_dir) / "train.log").string());
+  }
+  if (!cfg.train_resume.empty()) {
+    std::string dir = cfg.train_resume;
+    if (dir == "auto") {
+      auto latest = latest_checkpoint(checkpoint_root(cfg.output_dir));
+      dir = latest ? *latest : "";
+      if (!latest) LOG_INFO("resume auto: no checkpoint in " << checkpoint_root(cfg.output_dir) << ", starting fresh");
+    }
+    if (!dir.empty()) load_checkpoint(dir);
+  }
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
   int64_t n_router = 0;
   for (auto& p : router_params()) n_router += p.numel();
   LOG_INFO("model " << cfg.model_path << " (" << model_->config().architecture << ", "
                     << model_->config().num_parameters() / 1e6 << "M params, " << c10::toString(dtype_) << " on "
                     << device_ << "); routers " << n_router << " params; dataset " << cfg.data_path << " ("
-                    << ds->size() << " packs, " << ds->header().num_tokens << " tokens)");
+                    << ds->size() << " packs, " << ds->header().num_tokens << " tokens); " << comm_->size()
+                    << " rank(s) x " << cfg.train_micro_batches << " pack(s) per step");
+}
+
+std::vector<torch::Tensor> Trainer::trainable() const {
+  auto out = router_params();
+  out.insert(out.end(), backbone_params_.begin(), backbone_params_.end());
+  out.push_back(lagrangian_->lambdas);
+  return out;
 }
 
 std::vector<torch::Tensor> Trainer::router_params() const {
@@ -117,21 +156,29 @@ json Trainer::step() {
   for (auto& g : opt_lambda_->param_groups())
     static_cast<torch::optim::AdamOptions&>(g.options()).lr(cfg_.optim_lambda_lr * lr_scale);
 
-  // Load the step's packs first: the loss normalisers are global over the step.
+  // This rank's packs: positions cursor + rank*M ... of the global stream. The loss
+  // normalisers (labelled tokens, samples per task) are summed over all ranks first, so
+  // N ranks with M packs each compute exactly the objective of one rank with N*M packs.
   const int64_t M = cfg_.train_micro_batches;
+  const uint64_t base = cursor_ + static_cast<uint64_t>(comm_->rank()) * M;
+  const int64_t slots = static_cast<int64_t>(lagrangian_->ids.size());
   std::vector<data::Batch> batches;
-  int64_t total_targets = 0, total_tokens = 0;
-  std::vector<int64_t> task_counts(lagrangian_->ids.size(), 0);
+  auto counts = torch::zeros({2 + slots}, torch::kInt64);  // targets, tokens, samples per task slot
   for (int64_t m = 0; m < M; ++m) {
-    batches.push_back(data::make_batch(loader_->at(cursor_ + m), device_));
-    total_targets += batches.back().labelled_targets;
-    total_tokens += batches.back().pack.tokens();
-    for (auto t : batches.back().tasks) task_counts[lagrangian_->slot(t)]++;
+    batches.push_back(data::make_batch(loader_->at(base + m), device_));
+    counts[0] += batches.back().labelled_targets;
+    counts[1] += batches.back().pack.tokens();
+    for (auto t : batches.back().tasks) counts[2 + lagrangian_->slot(t)] += 1;
   }
+  comm_->allreduce_sum(counts, "batch counts");
+  const int64_t total_targets = counts[0].item<int64_t>(), total_tokens = counts[1].item<int64_t>();
+  std::vector<int64_t> task_counts(slots);
+  for (int64_t s = 0; s < slots; ++s) task_counts[s] = counts[2 + s].item<int64_t>();
   ELASTIC_CHECK(total_targets > 0, "step " << step_ << ": no labelled tokens in the batch (check the dataset labels)");
 
-  double ce_sum = 0, sp_sum = 0;
-  std::vector<double> omega_sum(task_counts.size(), 0.0), esr_sum(task_counts.size(), 0.0);
+  // Per-step sums reduced over ranks: ce, sparsity loss, non-finite flag, then Ω and Ω_ESR per slot.
+  auto sums = torch::zeros({3 + 2 * slots}, torch::kFloat64);
+  auto acc = sums.accessor<double, 1>();
   for (int64_t m = 0; m < M; ++m) {
     auto& b = batches[m];
     model::ForwardContext ctx;
@@ -139,75 +186,105 @@ json Trainer::step() {
     ctx.prompts = b.prompts;
     ctx.ssa = attention::MaskSpec::streaming(cfg_.ssa_sink, cfg_.ssa_window);
     ctx.tau = tau;
-    auto gen = router::routing_generator(cfg_.train_seed, /*rank=*/0, step_ * M + m);
+    // Noise keyed by the pack's global position: distinct per rank, and the same for a pack
+    // whichever rank reads it (so runs agree across world sizes).
+    auto gen = router::routing_generator(cfg_.train_seed, static_cast<int64_t>(base + m), step_);
     ctx.gen = &gen;
     ctx.mode = routing ? model::RoutingMode::train : model::RoutingMode::off;
     ctx.checkpoint = cfg_.train_checkpoint;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);
-    ce_sum += lm.sum.item<double>();
+    acc[0] += lm.sum.item<double>();
     if (routing) {
       auto omega = model_sparsity(ctx.decisions);
       auto sp = lagrangian_->loss(omega, b.tasks, task_counts);
       loss = loss + sp;
-      sp_sum += sp.item<double>();
+      acc[1] += sp.item<double>();
       auto om = omega.detach().to(torch::kCPU, torch::kFloat64);
       auto dec = torch::stack(ctx.decisions, 0).detach().to(torch::kCPU);  // [L,B,H]
       for (size_t i = 0; i < b.tasks.size(); ++i) {
         const auto s = lagrangian_->slot(b.tasks[i]);
-        omega_sum[s] += om[i].item<double>();
-        esr_sum[s] += effective_sparsity(b.pack.length(i), cfg_.ssa_sink, cfg_.ssa_window, dec.select(1, i));
+        acc[3 + s] += om[i].item<double>();
+        acc[3 + slots + s] += effective_sparsity(b.pack.length(i), cfg_.ssa_sink, cfg_.ssa_window, dec.select(1, i));
       }
+    }
+    if (!std::isfinite(loss.item<double>())) {
+      acc[2] = 1;
+      continue;  // no backward through a non-finite loss
     }
     loss.backward();
   }
 
-  // λ is maximised: ascend its gradient.
-  if (lagrangian_->lambdas.grad().defined()) lagrangian_->lambdas.mutable_grad().neg_();
-  std::vector<torch::Tensor> clipped = router_params();
-  clipped.insert(clipped.end(), backbone_params_.begin(), backbone_params_.end());
-  const double grad_norm = torch::nn::utils::clip_grad_norm_(clipped, cfg_.optim_grad_clip);
-  if (opt_router_) opt_router_->step();
-  if (opt_backbone_) opt_backbone_->step();
-  if (routing) opt_lambda_->step();
+  // One collective for every gradient (per dtype), one for the metrics.
+  std::map<torch::ScalarType, std::vector<torch::Tensor>> grads;
+  for (auto& p : trainable()) {
+    if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+    grads[p.scalar_type()].push_back(p.mutable_grad());
+  }
+  for (auto& [dt, g] : grads) comm_->allreduce_sum(g, "gradients");
+  comm_->allreduce_sum(sums, "step metrics");
+  acc = sums.accessor<double, 1>();
+  const bool nonfinite = acc[2] > 0 || !std::isfinite(acc[0]) || !std::isfinite(acc[1]);
+
+  double grad_norm = 0;
+  if (nonfinite) {
+    ++nonfinite_in_a_row_;
+    LOG_WARN("step " << step_ + 1 << ": non-finite loss on " << acc[2] << " rank(s); step skipped ("
+                     << nonfinite_in_a_row_ << " in a row)");
+    ELASTIC_CHECK(nonfinite_in_a_row_ < cfg_.train_max_nonfinite_steps,
+                  "training stopped: non-finite loss in " << nonfinite_in_a_row_ << " consecutive steps (last at step "
+                                                          << step_ + 1 << "); lower optim.lr or check the data");
+  } else {
+    nonfinite_in_a_row_ = 0;
+    // λ is maximised: ascend its gradient.
+    lagrangian_->lambdas.mutable_grad().neg_();
+    std::vector<torch::Tensor> clipped = router_params();
+    clipped.insert(clipped.end(), backbone_params_.begin(), backbone_params_.end());
+    grad_norm = torch::nn::utils::clip_grad_norm_(clipped, cfg_.optim_grad_clip);
+    if (opt_router_) opt_router_->step();
+    if (opt_backbone_) opt_backbone_->step();
+    if (routing) opt_lambda_->step();
+  }
   for (auto* o : std::initializer_list<torch::optim::Optimizer*>{opt_router_.get(), opt_backbone_.get(), opt_lambda_.get()})
     if (o) o->zero_grad();
 
   if (device_.is_cuda()) torch::cuda::synchronize();
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  cursor_ += M;
+  cursor_ += static_cast<uint64_t>(comm_->size()) * M;
   ++step_;
 
   json j;
   j["step"] = step_;
-  j["lm_loss"] = ce_sum / total_targets;
-  j["sparsity_loss"] = sp_sum;
-  j["loss"] = ce_sum / total_targets + sp_sum;
+  j["lm_loss"] = acc[0] / total_targets;
+  j["sparsity_loss"] = acc[1];
+  j["loss"] = acc[0] / total_targets + acc[1];
+  j["skipped"] = nonfinite;
   j["tau"] = tau;
   j["lr"] = cfg_.optim_lr * lr_scale;
   j["grad_norm"] = grad_norm;
   j["tokens"] = total_tokens;
   j["tokens_per_s"] = total_tokens / dt;
   j["step_seconds"] = dt;
+  j["ranks"] = comm_->size();
   j["peak_memory_gb"] = peak_memory_gb(device_);
   if (routing) {
     int64_t n = 0;
     double om = 0, es = 0;
     json per_task = json::object();
     auto lam = lagrangian_->lambdas.detach().to(torch::kCPU, torch::kFloat64);
-    for (size_t s = 0; s < task_counts.size(); ++s) {
+    for (int64_t s = 0; s < slots; ++s) {
       n += task_counts[s];
-      om += omega_sum[s];
-      es += esr_sum[s];
+      om += acc[3 + s];
+      es += acc[3 + slots + s];
       const std::string name = lagrangian_->ids[s] < 0 ? "other" : cfg_.task_by_id(lagrangian_->ids[s])->name;
       json t = {{"target", lagrangian_->targets[s]},
                 {"lambda1", lam[s][0].item<double>()},
                 {"lambda2", lam[s][1].item<double>()},
                 {"samples", task_counts[s]}};
       if (task_counts[s] > 0) {
-        t["omega_msr"] = omega_sum[s] / task_counts[s];
-        t["omega_esr"] = esr_sum[s] / task_counts[s];
+        t["omega_msr"] = acc[3 + s] / task_counts[s];
+        t["omega_esr"] = acc[3 + slots + s] / task_counts[s];
       }
       per_task[name] = t;
     }
@@ -218,29 +295,117 @@ json Trainer::step() {
   return j;
 }
 
+void Trainer::save_checkpoint() {
+  if (comm_->is_root()) {
+    write_checkpoint_atomically(checkpoint_root(cfg_.output_dir), checkpoint_name(step_), cfg_.checkpoint_keep,
+                                [&](const std::string& dir) {
+      std::vector<std::pair<std::string, torch::Tensor>> ts;
+      for (auto& [n, p] : model_->router_parameters()) ts.emplace_back("router/" + n, p);
+      for (auto& p : model_->named_parameters())
+        if (p.value().requires_grad() && p.key().find(".mask_allocator.") == std::string::npos)
+          ts.emplace_back("backbone/" + p.key(), p.value());
+      ts.emplace_back("lambdas", lagrangian_->lambdas);
+      io::save_safetensors((fs::path(dir) / "state.safetensors").string(), ts);
+      if (opt_router_) torch::save(*opt_router_, (fs::path(dir) / "optim_router.pt").string());
+      if (opt_backbone_) torch::save(*opt_backbone_, (fs::path(dir) / "optim_backbone.pt").string());
+      torch::save(*opt_lambda_, (fs::path(dir) / "optim_lambda.pt").string());
+      json meta = {{"complete", true},
+                   {"step", step_},
+                   {"cursor", cursor_},
+                   {"ranks", comm_->size()},
+                   {"base_model_fingerprint", base_fingerprint_},
+                   {"num_layers", model_->config().num_layers},
+                   {"num_kv_heads", model_->config().num_kv_heads},
+                   {"head_dim", model_->config().head_dim},
+                   {"tau", last_tau_},
+                   {"config", to_yaml(cfg_)}};
+      if (model_->has_routers()) meta["router_manifest"] = router_manifest(model_, cfg_, base_fingerprint_, last_tau_);
+      io::write_file_atomic((fs::path(dir) / "meta.json").string(), meta.dump(2) + "\n");
+    });
+    LOG_INFO("checkpoint saved: " << (fs::path(checkpoint_root(cfg_.output_dir)) / checkpoint_name(step_)).string());
+  }
+  comm_->barrier();
+}
+
+void Trainer::load_checkpoint(const std::string& dir) {
+  auto meta = read_checkpoint_meta(dir);
+  ELASTIC_CHECK(meta.value("base_model_fingerprint", "") == base_fingerprint_,
+                dir << ": checkpoint was made on a different base model (fingerprint "
+                    << meta.value("base_model_fingerprint", "?") << ", this model " << base_fingerprint_ << ")");
+  ELASTIC_CHECK(meta.value("num_layers", -1) == model_->config().num_layers &&
+                    meta.value("num_kv_heads", -1) == model_->config().num_kv_heads &&
+                    meta.value("head_dim", -1) == model_->config().head_dim,
+                dir << ": checkpoint shapes (layers, kv heads, head_dim) differ from the model's");
+  auto st = io::SafetensorsFile::open((fs::path(dir) / "state.safetensors").string());
+  torch::NoGradGuard ng;
+  auto restore = [&](const std::string& name, torch::Tensor& p) {
+    ELASTIC_CHECK(st->contains(name), st->path() << ": missing tensor '" << name << "'");
+    auto t = st->get(name);
+    ELASTIC_CHECK(t.sizes() == p.sizes(), st->path() << ": tensor '" << name << "' has shape " << t.sizes()
+                                                     << ", expected " << p.sizes());
+    p.copy_(t);
+  };
+  for (auto& [n, p] : model_->router_parameters()) restore("router/" + n, p);
+  for (auto& p : model_->named_parameters())
+    if (p.value().requires_grad() && p.key().find(".mask_allocator.") == std::string::npos)
+      restore("backbone/" + p.key(), p.value());
+  restore("lambdas", lagrangian_->lambdas);
+  auto load_opt = [&](auto* opt, const char* file) {
+    if (!opt) return;
+    const auto path = (fs::path(dir) / file).string();
+    ELASTIC_CHECK(fs::exists(path), dir << ": missing " << file << " (the run's trainable set changed?)");
+    torch::load(*opt, path);
+  };
+  load_opt(opt_router_.get(), "optim_router.pt");
+  load_opt(opt_backbone_.get(), "optim_backbone.pt");
+  load_opt(opt_lambda_.get(), "optim_lambda.pt");
+  step_ = meta["step"].get<int64_t>();
+  cursor_ = meta["cursor"].get<uint64_t>();
+  last_tau_ = meta.value("tau", 1.0);
+  LOG_INFO("resumed from " << dir << " at step " << step_ << " (data position " << cursor_ << ", saved by "
+                           << meta.value("ranks", 1) << " rank(s), now " << comm_->size() << ")");
+}
+
 json Trainer::run() {
-  const auto metrics_path = (fs::path(cfg_.output_dir) / "metrics.jsonl").string();
-  std::ofstream metrics(metrics_path, std::ios::app);
-  ELASTIC_CHECK(metrics.good(), metrics_path << ": cannot open for writing");
+  std::ofstream metrics;
+  if (comm_->is_root()) {
+    const auto metrics_path = (fs::path(cfg_.output_dir) / "metrics.jsonl").string();
+    metrics.open(metrics_path, std::ios::app);
+    ELASTIC_CHECK(metrics.good(), metrics_path << ": cannot open for writing");
+  }
   Progress progress("train", cfg_.train_steps, step_);
   json last;
   while (step_ < cfg_.train_steps) {
     last = step();
-    metrics << last.dump() << "\n";
-    metrics.flush();
-    std::ostringstream status;
-    status << "loss " << std::fixed << std::setprecision(4) << last["lm_loss"].get<double>();
-    if (last.contains("omega_msr")) status << " Ω " << std::setprecision(3) << last["omega_msr"].get<double>();
-    status << " τ " << std::setprecision(2) << last["tau"].get<double>() << " " << std::setprecision(0)
-           << last["tokens_per_s"].get<double>() << " tok/s";
-    if (step_ % cfg_.log_every == 0 || step_ == cfg_.train_steps) progress.update(step_, status.str());
+    if (comm_->is_root()) {
+      metrics << last.dump() << "\n";
+      metrics.flush();
+      std::ostringstream status;
+      status << "loss " << std::fixed << std::setprecision(4) << last["lm_loss"].get<double>();
+      if (last.contains("omega_msr")) status << " Ω " << std::setprecision(3) << last["omega_msr"].get<double>();
+      status << " τ " << std::setprecision(2) << last["tau"].get<double>() << " " << std::setprecision(0)
+             << last["tokens_per_s"].get<double>() << " tok/s";
+      if (step_ % cfg_.log_every == 0 || step_ == cfg_.train_steps) progress.update(step_, status.str());
+    }
+    // A stop request on any rank (preemption) checkpoints everyone and ends the run.
+    auto stop = torch::tensor({g_stop_requested ? 1.0 : 0.0}, torch::kFloat64);
+    comm_->allreduce_sum(stop, "stop flag");
+    if (stop.item<double>() > 0) {
+      LOG_WARN("stop requested (SIGTERM/SIGUSR1) at step " << step_ << ": checkpointing and exiting");
+      save_checkpoint();
+      stopped_by_signal_ = true;
+      return last;
+    }
+    if (cfg_.checkpoint_every > 0 && step_ % cfg_.checkpoint_every == 0 && step_ < cfg_.train_steps) save_checkpoint();
   }
-  progress.finish("");
+  if (comm_->is_root()) progress.finish("");
+  save_checkpoint();
   write_outputs(last);
   return last;
 }
 
 void Trainer::write_outputs(const json& last) {
+  if (!comm_->is_root()) return;
   if (cfg_.train_routing == "router") {
     export_router(model_, router_manifest(model_, cfg_, base_fingerprint_, last_tau_), cfg_.output_dir);
     LOG_INFO("router written to " << (fs::path(cfg_.output_dir) / "router.safetensors").string());

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
+#include "dist/comm.h"
 #include "model/decoder.h"
 #include "train/config.h"
 #include "train/objective.h"
@@ -19,14 +20,20 @@ struct StepMetrics {
 
 class Trainer {
  public:
-  explicit Trainer(const TrainConfig& cfg);
-  // Runs all remaining steps, writing metrics and the final router; returns the last metrics.
+  // `comm` defaults to the MPI world (a world of one outside mpirun).
+  explicit Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm = nullptr);
+  // Runs the remaining steps (or until SIGTERM/SIGUSR1, then checkpoints), writing metrics,
+  // checkpoints and the final router; returns the last step's metrics.
   nlohmann::json run();
   nlohmann::json step();
+  void save_checkpoint();
+  void load_checkpoint(const std::string& dir);
+  bool stopped_by_signal() const { return stopped_by_signal_; }
 
   model::CausalLM& model() { return model_; }
   Lagrangian& lagrangian() { return lagrangian_; }
   int64_t current_step() const { return step_; }
+  int rank() const { return comm_->rank(); }
   const TrainConfig& config() const { return cfg_; }
   torch::Device device() const { return device_; }
   // Parameters updated by the router optimiser, the backbone optimiser, and λ.
@@ -35,6 +42,7 @@ class Trainer {
 
  private:
   void write_outputs(const nlohmann::json& last);
+  std::vector<torch::Tensor> trainable() const;  // router, backbone, λ: all that is reduced
   TrainConfig cfg_;
   torch::Device device_;
   torch::ScalarType dtype_;
@@ -45,7 +53,10 @@ class Trainer {
   std::unique_ptr<torch::optim::Adam> opt_lambda_;
   std::vector<torch::Tensor> backbone_params_;
   std::string base_fingerprint_;
+  std::shared_ptr<dist::Comm> comm_;
   int64_t step_ = 0;
+  int64_t nonfinite_in_a_row_ = 0;
+  bool stopped_by_signal_ = false;
   uint64_t cursor_ = 0;  // global data position
   double last_tau_ = 1.0;
 };

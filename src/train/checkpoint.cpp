@@ -1,0 +1,88 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "io/atomic_file.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace elastic::train {
+
+namespace fs = std::filesystem;
+
+std::string checkpoint_root(const std::string& output_dir) { return (fs::path(output_dir) / "checkpoints").string(); }
+
+std::string checkpoint_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+namespace {
+
+void fsync_path(const fs::path& p, bool dir) {
+  int fd = ::open(p.c_str(), dir ? (O_RDONLY | O_DIRECTORY) : O_RDONLY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+std::vector<fs::path> complete_checkpoints(const fs::path& root) {
+  std::vector<fs::path> out;
+  if (!fs::is_directory(root)) return out;
+  for (const auto& e : fs::directory_iterator(root)) {
+    const auto name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step_", 0) != 0 || name.find(".tmp") != std::string::npos) continue;
+    if (!fs::exists(e.path() / "meta.json")) continue;
+    auto j = nlohmann::json::parse(io::read_file((e.path() / "meta.json").string()), nullptr, false);
+    if (j.is_discarded() || !j.value("complete", false)) continue;
+    out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+void write_checkpoint_atomically(const std::string& root, const std::string& name, int64_t keep,
+                                 const std::function<void(const std::string&)>& write) {
+  fs::create_directories(root);
+  const fs::path final_dir = fs::path(root) / name;
+  const fs::path tmp = fs::path(root) / (name + ".tmp." + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  write(tmp.string());
+  for (const auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
+  fsync_path(tmp, true);
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  fs::rename(tmp, final_dir);
+  fsync_path(root, true);
+  auto all = complete_checkpoints(root);
+  for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+  // Leftovers of writers that were killed.
+  for (const auto& e : fs::directory_iterator(root)) {
+    const auto n = e.path().filename().string();
+    if (n.find(".tmp.") != std::string::npos && e.path() != tmp) fs::remove_all(e.path());
+  }
+}
+
+std::optional<std::string> latest_checkpoint(const std::string& root) {
+  auto all = complete_checkpoints(root);
+  if (all.empty()) return std::nullopt;
+  return all.back().string();
+}
+
+nlohmann::json read_checkpoint_meta(const std::string& dir) {
+  const auto path = (fs::path(dir) / "meta.json").string();
+  ELASTIC_CHECK(fs::exists(path), dir << ": not a checkpoint (no meta.json)");
+  auto j = nlohmann::json::parse(io::read_file(path), nullptr, false);
+  ELASTIC_CHECK(!j.is_discarded() && j.value("complete", false), path << ": incomplete or corrupt checkpoint");
+  return j;
+}
+
+}  // namespace elastic::train

@@ -1,0 +1,199 @@
+// End-to-end training runs on the tiny model: CLI train + eval, exact resume, checkpoint
+// atomicity under SIGKILL, and data parallelism over 2 MPI ranks equal to one rank.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "data/dataset.h"
+#include "data/synthetic.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "model/weights.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+#include "util/error.h"
+
+using namespace elastic;
+using elastic::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A tiny model and dataset in `dir`; returns a config for them.
+train::TrainConfig tiny_setup(const TempDir& dir, int64_t steps) {
+  if (!fs::exists(dir.path / "model" / "config.json")) {
+    auto cfg = model::ModelConfig::from_json(
+        {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 128}, {"hidden_size", 32}, {"intermediate_size", 64},
+         {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 8}},
+        "test");
+    model::CausalLM m(cfg, torch::TensorOptions());
+    model::init_random(m, 1);
+    model::save_model(m, dir.str("model"));
+    data::SyntheticOptions o;
+    o.vocab = 128;
+    o.num_samples = 48;
+    o.min_len = 64;
+    o.max_len = 160;
+    auto packs = data::pack_samples(data::make_synthetic_samples(o), 400);
+    data::DatasetWriter w(dir.str("data.bin"), 128, 0);
+    for (const auto& p : packs) w.add(p);
+    w.finish();
+  }
+  return train::parse_config("", "test",
+                             {"model.path=" + dir.str("model"), "data.path=" + dir.str("data.bin"),
+                              "output.dir=" + dir.str("run"), "train.steps=" + std::to_string(steps),
+                              "ssa.sink=4", "ssa.window=16", "router.pool_tokens=8", "optim.lr=0.01",
+                              "optim.lambda_lr=0.05", "train.micro_batches=2", "checkpoint.every=0"});
+}
+
+std::vector<nlohmann::json> read_metrics(const std::string& path) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+// Metrics without wall-clock and memory fields.
+nlohmann::json deterministic(nlohmann::json j) {
+  for (const char* k : {"tokens_per_s", "step_seconds", "peak_memory_gb", "ranks"}) j.erase(k);
+  return j;
+}
+
+torch::Tensor router_tensor(const std::string& run, const std::string& name) {
+  return io::SafetensorsFile::open(run + "/router.safetensors")->get(name).clone();
+}
+
+int run_cmd(const std::string& cmd) { return std::system((cmd + " > /dev/null 2>&1").c_str()); }
+
+}  // namespace
+
+TEST(TrainingRun, ResumeIsBitwiseExact) {
+  TempDir a, b;
+  auto cfg_a = tiny_setup(a, 10);
+  train::Trainer(cfg_a).run();
+  // Same data and model for b (copied), 5 steps, then resume to 10.
+  fs::copy(a.path / "model", b.path / "model");
+  fs::copy(a.path / "data.bin", b.path / "data.bin");
+  auto cfg_b = tiny_setup(b, 10);
+  {
+    train::Trainer t(cfg_b);
+    std::ofstream m(b.str("run/metrics.jsonl"));
+    for (int i = 0; i < 5; ++i) m << t.step().dump() << "\n";
+    t.save_checkpoint();
+  }
+  cfg_b.train_resume = "auto";
+  train::Trainer resumed(cfg_b);
+  EXPECT_EQ(resumed.current_step(), 5);
+  resumed.run();
+  auto ma = read_metrics(a.str("run/metrics.jsonl")), mb = read_metrics(b.str("run/metrics.jsonl"));
+  ASSERT_EQ(ma.size(), 10u);
+  ASSERT_EQ(mb.size(), 10u);
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(deterministic(ma[i]), deterministic(mb[i])) << "step " << i + 1;
+  auto fa = io::SafetensorsFile::open(a.str("run/router.safetensors"));
+  auto fb = io::SafetensorsFile::open(b.str("run/router.safetensors"));
+  for (const auto& t : fa->tensors()) EXPECT_TRUE(torch::equal(fa->get(t.name), fb->get(t.name))) << t.name;
+}
+
+TEST(TrainingRun, ResumeRefusesAnotherBaseModel) {
+  TempDir a;
+  auto cfg = tiny_setup(a, 2);
+  train::Trainer(cfg).run();
+  // Change one weight of the base model: its fingerprint changes.
+  auto m = model::load_model(a.str("model"), torch::kFloat32, torch::kCPU);
+  {
+    torch::NoGradGuard ng;
+    m->model->norm->weight.add_(1.0);
+  }
+  model::save_model(m, a.str("model"));
+  cfg.train_resume = "auto";
+  try {
+    train::Trainer t(cfg);
+    FAIL() << "resume accepted a checkpoint of another base model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different base model"), std::string::npos) << e.what();
+  }
+}
+
+TEST(TrainingRun, KilledCheckpointWriteLeavesThePreviousIntact) {
+  TempDir d;
+  const auto root = d.str("ck");
+  train::write_checkpoint_atomically(root, train::checkpoint_name(1), 3, [](const std::string& dir) {
+    io::write_file_atomic(dir + "/meta.json", R"({"complete": true, "step": 1})");
+  });
+  pid_t pid = fork();
+  if (pid == 0) {
+    train::write_checkpoint_atomically(root, train::checkpoint_name(2), 3, [](const std::string& dir) {
+      std::ofstream(dir + "/state.safetensors") << "partial";
+      ::raise(SIGKILL);  // dies mid-write
+    });
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  auto latest = train::latest_checkpoint(root);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(fs::path(*latest).filename(), train::checkpoint_name(1));
+  EXPECT_EQ(train::read_checkpoint_meta(*latest)["step"], 1);
+  // The next write succeeds and removes the dead writer's leftovers.
+  train::write_checkpoint_atomically(root, train::checkpoint_name(3), 3, [](const std::string& dir) {
+    io::write_file_atomic(dir + "/meta.json", R"({"complete": true, "step": 3})");
+  });
+  int entries = 0;
+  for (auto& e : fs::directory_iterator(root)) entries += 1 + 0 * e.path().string().size();
+  EXPECT_EQ(entries, 2);
+  EXPECT_EQ(fs::path(*train::latest_checkpoint(root)).filename(), train::checkpoint_name(3));
+}
+
+TEST(TrainingRun, CliTrainThenEval) {
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string e = ELASTIC_BINARY;
+  ASSERT_EQ(run_cmd(e + " train --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
+                    " --set output.dir=" + d.str("run") + " --set train.steps=3 --set ssa.window=16 --set ssa.sink=4"),
+            0);
+  for (const char* f : {"config.yaml", "metrics.jsonl", "summary.json", "router.safetensors", "router.json"})
+    EXPECT_TRUE(fs::exists(d.path / "run" / f)) << f;
+  EXPECT_EQ(read_metrics(d.str("run/metrics.jsonl")).size(), 3u);
+  ASSERT_EQ(run_cmd(e + " eval " + d.str("run") + " --out " + d.str("eval")), 0);
+  auto ev = nlohmann::json::parse(io::read_file(d.str("eval/eval.json")));
+  EXPECT_GT(ev["samples"].get<int64_t>(), 0);
+  EXPECT_TRUE(fs::exists(d.path / "eval" / "fa_heatmap.svg"));
+  EXPECT_TRUE(fs::exists(d.path / "eval" / "fa_frequency.csv"));
+  // Bad config: unknown key with a suggestion, non-zero exit.
+  EXPECT_NE(run_cmd(e + " train --set model.path=x --set data.path=y --set optim.lrr=1"), 0);
+}
+
+TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
+  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string e = ELASTIC_BINARY;
+  const std::string common = " --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
+                             " --set train.steps=4 --set ssa.window=16 --set ssa.sink=4 --set checkpoint.every=2";
+  const std::string mpi = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
+                          "mpirun -np 2 --oversubscribe ";
+  ASSERT_EQ(run_cmd(e + " train" + common + " --set train.micro_batches=2 --set output.dir=" + d.str("one")), 0);
+  ASSERT_EQ(run_cmd(mpi + e + " train" + common + " --set train.micro_batches=1 --set output.dir=" + d.str("two")), 0);
+  auto m1 = read_metrics(d.str("one/metrics.jsonl")), m2 = read_metrics(d.str("two/metrics.jsonl"));
+  ASSERT_EQ(m1.size(), 4u);
+  ASSERT_EQ(m2.size(), 4u);  // written once, by rank 0
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_NEAR(m1[i]["lm_loss"].get<double>(), m2[i]["lm_loss"].get<double>(), 1e-5) << "step " << i + 1;
+    EXPECT_NEAR(m1[i]["omega_msr"].get<double>(), m2[i]["omega_msr"].get<double>(), 1e-9) << "step " << i + 1;
+  }
+  const std::string w = "model.layers.1.self_attn.mask_allocator.cls_router_head_agnostic.4.weight";
+  EXPECT_TRUE(torch::allclose(router_tensor(d.str("one"), w), router_tensor(d.str("two"), w), 1e-4, 1e-5));
+  // Resume the 2-rank run's step-2 checkpoint with one rank: the global data cursor carries over.
+  fs::remove_all(d.path / "two" / "checkpoints" / train::checkpoint_name(4));
+  ASSERT_EQ(run_cmd(e + " train" + common + " --set train.micro_batches=2 --set output.dir=" + d.str("two") +
+                    " --resume auto"),
+            0);
+  EXPECT_TRUE(torch::allclose(router_tensor(d.str("one"), w), router_tensor(d.str("two"), w), 1e-4, 1e-5));
+}
