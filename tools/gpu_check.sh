@@ -18,7 +18,7 @@ for s in "$@"; do
       stage build
       TORCH_ROOT=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-      cmake -S . -B $BUILD -G Ninja -DELASTIC_CUDA=ON -DTORCH_ROOT="$TORCH_ROOT" -DCMAKE_BUILD_TYPE=Release \
+      cmake -S . -B $BUILD -G Ninja -DELASTIC_CUDA=ON -DTORCH_ROOT="$TORCH_ROOT" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         > "$OUT/cmake.log" 2>&1 || { tail -40 "$OUT/cmake.log"; exit 1; }
       grep -i "warning" -A3 "$OUT/cmake.log" | head -20
       (time ninja -C $BUILD -j 16 elastic elastic_tests) > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
@@ -48,6 +48,44 @@ for s in "$@"; do
         --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
       $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-32768,65536} --samples 3 --steps 3 \
         --out "$OUT/bench_train_qwen3-4b.json" 2>&1 | grep -E "info|error" | tail -6 || status=1 ;;
+    crash)
+      stage crash
+      for t in ${CRASH_TESTS:-Safetensors.RoundTripAllDtypes}; do
+        cuda-gdb -q -batch -ex run -ex bt --args $BUILD/elastic_tests --gtest_filter=$t 2>&1 | grep -E "^#|signal|Program" | head -30
+      done ;;
+    nccl)
+      stage nccl
+      M=/tmp/qwen3-4b-random
+      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 2560 \
+        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
+      D=/tmp/synth-32k.bin
+      [ -f $D ] || $BUILD/elastic make-synthetic-data --out $D --vocab 151936 --samples 24 --min-len 6000 --max-len 16000 \
+        --pack-tokens 32768 --answer-len 32 2>&1 | tail -1
+      C="--set model.path=$M --set data.path=$D --set train.steps=4 --set checkpoint.every=0 --set optim.warmup_fraction=0"
+      $BUILD/elastic train configs/qwen3-4b.yaml $C --set train.micro_batches=1 --set output.dir=/tmp/run-single 2>&1 | grep -E "train [0-9]|error|final" | tail -3
+      mpirun --allow-run-as-root -np 1 -x NCCL_NVLS_ENABLE -x TORCH_SYMM_MEM_DISABLE_MULTICAST -x NVSHMEM_DISABLE_NVLS \
+        $BUILD/elastic train configs/qwen3-4b.yaml $C --set train.micro_batches=1 --set output.dir=/tmp/run-nccl 2>&1 | grep -E "train [0-9]|error|final|rank" | tail -3
+      python3 - <<'PY' > "$OUT/nccl_world1.json"
+import json
+def load(p): return [json.loads(l) for l in open(p)]
+a, b = load("/tmp/run-single/metrics.jsonl"), load("/tmp/run-nccl/metrics.jsonl")
+print(json.dumps({"steps": len(a), "step_seconds_single": [x["step_seconds"] for x in a],
+  "step_seconds_mpi_nccl_world1": [x["step_seconds"] for x in b],
+  "lm_loss_single": [x["lm_loss"] for x in a], "lm_loss_nccl": [x["lm_loss"] for x in b],
+  "omega_single": [x["omega_msr"] for x in a], "omega_nccl": [x["omega_msr"] for x in b],
+  "peak_memory_gb": [x["peak_memory_gb"] for x in b], "tokens_per_s_nccl": [x["tokens_per_s"] for x in b]}, indent=1))
+PY
+      cat "$OUT/nccl_world1.json" | head -30 ;;
+    interop)
+      stage interop
+      R=/tmp/interop && rm -rf $R && mkdir -p $R
+      $BUILD/elastic make-tiny-model --arch qwen3 --out $R/model --vocab 512 --layers 3 >/dev/null 2>&1
+      $BUILD/elastic make-synthetic-data --out $R/data.bin --vocab 512 --samples 20 --pack-tokens 2048 >/dev/null 2>&1
+      $BUILD/elastic train --set model.path=$R/model --set data.path=$R/data.bin --set output.dir=$R/run --set train.steps=5 \
+        --set ssa.sink=8 --set ssa.window=32 --set router.pool_tokens=16 --set optim.lr=0.01 --set model.device=cpu >/dev/null 2>&1 || echo "train failed"
+      $BUILD/elastic export $R/run --out $R/export >/dev/null 2>&1 || echo "export failed"
+      $BUILD/elastic inspect --model $R/model --router $R/export --data $R/data.bin --dump $R/dump.safetensors 2>&1 | head -8
+      python3 tools/router_interop.py --router $R/export --dump $R/dump.safetensors | tee "$OUT/interop.json" || status=1 ;;
     *) echo "unknown stage $s"; exit 2 ;;
   esac
 done

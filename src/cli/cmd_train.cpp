@@ -201,26 +201,4 @@ int cmd_make_synthetic_data(int argc, char** argv) {
   return 0;
 }
 
-int cmd_inspect_data(int argc, char** argv) {
-  Args a("inspect-data", argc, argv, {"pack"}, {"help"});
-  ELASTIC_CHECK(a.positional().size() == 1, "inspect-data: usage: elastic inspect-data DATASET [--pack N]");
-  auto ds = data::Dataset::open(a.positional()[0]);
-  const auto& h = ds->header();
-  std::cout << "dataset           " << ds->path() << "\nformat version    " << h.version << "\nvocab size        "
-            << h.vocab_size << "\ntokenizer         " << std::hex << h.tokenizer_fingerprint << std::dec
-            << "\npacks             " << h.num_packs << "\nsamples           " << h.num_samples
-            << "\ntokens            " << h.num_tokens << "\n";
-  const auto i = a.get_int("pack", 0);
-  auto p = ds->pack(static_cast<size_t>(i));
-  std::cout << "\npack " << i << ": " << p.tokens.size() << " tokens, " << p.samples.size() << " samples\n";
-  for (size_t s = 0; s < p.samples.size(); ++s) {
-    const auto& m = p.samples[s];
-    int64_t labelled = 0;
-    for (uint32_t t = 0; t < m.length; ++t) labelled += p.labels[m.offset + t];
-    std::cout << "  sample " << s << ": task " << m.task << ", tokens [" << m.offset << ", " << m.offset + m.length
-              << "), prompt [" << m.prompt_begin << ", " << m.prompt_end << "), labelled " << labelled << "\n";
-  }
-  return 0;
-}
-
 }  // namespace elastic::cli

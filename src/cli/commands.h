@@ -11,7 +11,10 @@ int cmd_bench_forward(int argc, char** argv);
 int cmd_train(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
 int cmd_make_synthetic_data(int argc, char** argv);
-int cmd_inspect_data(int argc, char** argv);
+int cmd_inspect_data2(int argc, char** argv);
+int cmd_prepare_data(int argc, char** argv);
 int cmd_bench_train(int argc, char** argv);
+int cmd_export(int argc, char** argv);
+int cmd_inspect(int argc, char** argv);
 
 }  // namespace elastic::cli

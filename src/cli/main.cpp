@@ -23,10 +23,13 @@ const std::map<std::string, Command>& commands() {
       {"inspect-model", {cmd_inspect_model, "print a model directory's config, size and fingerprint"}},
       {"bench-forward", {cmd_bench_forward, "time checkpoint loading and forward throughput"}},
       {"bench-train", {cmd_bench_train, "time training steps and attention at real model shapes"}},
+      {"export", {cmd_export, "write a run's or checkpoint's router for inference engines"}},
+      {"inspect", {cmd_inspect, "run a model with an exported router and print per-head decisions"}},
       {"train", {cmd_train, "train Elastic Attention routers (or a backbone) from a YAML config"}},
       {"eval", {cmd_eval, "evaluate a run with hard routing: per-task loss, accuracy, sparsity"}},
       {"make-synthetic-data", {cmd_make_synthetic_data, "write a packed dataset of synthetic long-context tasks"}},
-      {"inspect-data", {cmd_inspect_data, "print a packed dataset's header and one pack"}},
+      {"inspect-data", {cmd_inspect_data2, "print a packed dataset's header and one pack (--tokenizer decodes it)"}},
+      {"prepare-data", {cmd_prepare_data, "tokenize raw JSONL with the chat template into a packed, sharded dataset"}},
   };
   return c;
 }

@@ -40,6 +40,7 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
   } else {
     ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
     // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
+    if (ctx.capture_keys) ctx.capture_keys->push_back(keys.detach());
     auto z = mask_allocator->forward(keys, ctx.pack->cu, ctx.prompts);
     ctx.router_logits.push_back(z);
     if (ctx.mode == RoutingMode::train) {

@@ -35,6 +35,8 @@ struct ForwardContext {
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;
   std::vector<torch::Tensor> router_logits;
+  // When set, each layer's router input (pre-RoPE keys) is appended here (inspection).
+  std::vector<torch::Tensor>* capture_keys = nullptr;
 };
 
 }  // namespace elastic::model
