@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -196,4 +197,36 @@ TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
                     " --resume auto"),
             0);
   EXPECT_TRUE(torch::allclose(router_tensor(d.str("one"), w), router_tensor(d.str("two"), w), 1e-4, 1e-5));
+}
+
+TEST(TrainingRun, KillingOneRankEndsTheJobAndNamesTheRank) {
+  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string log = d.str("mpirun.log");
+  const std::string cmd =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 2 --oversubscribe " +
+      std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
+      d.str("data.bin") + " --set output.dir=" + d.str("run") +
+      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=20 > " + log + " 2>&1 &";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  // Wait for training to run, then kill rank 1.
+  for (int i = 0; i < 100 && !fs::exists(d.path / "run" / "metrics.jsonl"); ++i) usleep(100000);
+  usleep(500000);
+  // The ranks' command lines start with the binary (mpirun's with "mpirun", the shell's with "sh").
+  const std::string ranks = "pgrep -f '^" + std::string(ELASTIC_BINARY) + " train.*output.dir=" + d.str("run") + "'";
+  ASSERT_EQ(std::system(("kill -KILL $(" + ranks + " | tail -1)").c_str()), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ended = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    if (std::system((ranks + " > /dev/null").c_str()) != 0 &&
+        std::system(("pgrep -f '^mpirun.*output.dir=" + d.str("run") + "' > /dev/null").c_str()) != 0) {
+      ended = true;
+      break;
+    }
+    usleep(200000);
+  }
+  EXPECT_TRUE(ended) << "job still running 60 s after a rank was killed";
+  const auto out = io::read_file(log);
+  EXPECT_NE(out.find("process rank 1"), std::string::npos) << out;
 }

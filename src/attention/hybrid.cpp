@@ -12,16 +12,19 @@ torch::Tensor token_weights(const torch::Tensor& s, const Packing& pack) {
 }
 
 // Runs the attention backward of one branch for the (sample, kv head) pairs where the
-// branch weight w [B, Hkv] is non-zero, accumulating into dq/dk/dv.
+// branch weight w [B, Hkv] is non-zero, accumulating into dq/dk/dv. With hard routing
+// (`hard`: every weight is 0 or 1) the pairs of the two branches are disjoint and have
+// weight 1, so gradients are written, not added, and dO needs no scaling.
 void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                      const torch::Tensor& v, const AttnForward& fwd, const torch::Tensor& w, const Packing& pack,
-                     MaskSpec mask, double scale, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
+                     MaskSpec mask, double scale, bool hard, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   auto w_cpu = w.detach().to(torch::kCPU, torch::kFloat64).contiguous();
   auto nz = w_cpu.ne(0);
   const int64_t selected = nz.sum().item<int64_t>();
   if (selected == 0) return;
-  auto dout_w = (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d});
+  auto dout_w = hard ? dout
+                     : (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d});
   if (selected == nz.numel()) {
     auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
     dq.add_(g.dq);
@@ -29,23 +32,28 @@ void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const to
     dv.add_(g.dv);
     return;
   }
-  // Gather the selected (sample, head) pairs into a pack of single-KV-head sequences.
-  std::vector<int64_t> lengths, tok, head;
+  // Gather the selected (sample, head) pairs into a pack of single-KV-head sequences. The
+  // token/head index of every gathered row is built on the device from the pair list.
+  std::vector<int64_t> lengths, starts, heads;
+  int64_t rows = 0;
   auto acc = nz.accessor<bool, 2>();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     for (int64_t h = 0; h < Hkv; ++h) {
       if (!acc[b][h]) continue;
       lengths.push_back(pack.length(b));
-      for (int64_t t = pack.begin(b); t < pack.begin(b + 1); ++t) {
-        tok.push_back(t);
-        head.push_back(h);
-      }
+      starts.push_back(pack.begin(b));
+      heads.push_back(h);
+      rows += pack.length(b);
     }
   }
+  auto dev = q.device();
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto it = torch::tensor(tok, i64).to(q.device());
-  auto ih = torch::tensor(head, i64).to(q.device());
-  auto sub = Packing::from_lengths(lengths, q.device());
+  auto len_t = torch::tensor(lengths, i64).to(dev);
+  auto first_row = (len_t.cumsum(0) - len_t);  // row of each pair in the gathered pack
+  auto rep = [&](const torch::Tensor& t) { return t.repeat_interleave(len_t, 0, rows); };
+  auto it = rep(torch::tensor(starts, i64).to(dev)) + torch::arange(rows, i64.device(dev)) - rep(first_row);
+  auto ih = rep(torch::tensor(heads, i64).to(dev));
+  auto sub = Packing::from_lengths(lengths, dev);
   using torch::indexing::TensorIndex;
   std::vector<TensorIndex> idx{TensorIndex(it), TensorIndex(ih)};
   auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
@@ -58,9 +66,9 @@ void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const to
   c10::List<std::optional<torch::Tensor>> put;
   put.push_back(it);
   put.push_back(ih);
-  dq.view({T, Hkv, G, d}).index_put_(put, g.dq, /*accumulate=*/true);
-  dk.index_put_(put, g.dk.squeeze(1), true);
-  dv.index_put_(put, g.dv.squeeze(1), true);
+  dq.view({T, Hkv, G, d}).index_put_(put, g.dq, /*accumulate=*/!hard);
+  dk.index_put_(put, g.dk.squeeze(1), !hard);
+  dv.index_put_(put, g.dv.squeeze(1), !hard);
 }
 
 class HybridFn : public torch::autograd::Function<HybridFn> {
@@ -109,8 +117,9 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       dq = torch::zeros_like(q);
       dk = torch::zeros_like(k);
       dv = torch::zeros_like(v);
-      branch_backward(dout, q, k, v, fa, s, pack, MaskSpec::causal(), scale, dq, dk, dv);
-      branch_backward(dout, q, k, v, sa, 1 - s, pack, ssa, scale, dq, dk, dv);
+      const bool hard = s.eq(0).logical_or(s.eq(1)).all().item<bool>();
+      branch_backward(dout, q, k, v, fa, s, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
+      branch_backward(dout, q, k, v, sa, 1 - s, pack, ssa, scale, hard, dq, dk, dv);
     }
     return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
