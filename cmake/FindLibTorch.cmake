@@ -46,6 +46,9 @@ if(ELASTIC_CUDA)
   list(APPEND CMAKE_PREFIX_PATH "${TORCH_ROOT}/share/cmake")
   find_package(Torch REQUIRED CONFIG)
   target_link_libraries(elastic_torch INTERFACE ${TORCH_LIBRARIES})
+  # The CUDA libtorch.so exports std::filesystem symbols (broken remove_all among them); with
+  # libstdc++ first among the program's needed libraries, the program resolves to libstdc++'s.
+  target_link_options(elastic_torch INTERFACE "LINKER:--push-state,--no-as-needed,-lstdc++,--pop-state")
   target_include_directories(elastic_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 else()
   find_library(ELASTIC_TORCH_CPU_LIB torch_cpu PATHS "${TORCH_ROOT}/lib" NO_DEFAULT_PATH REQUIRED)

@@ -192,7 +192,7 @@ TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
   const std::string w = "model.layers.1.self_attn.mask_allocator.cls_router_head_agnostic.4.weight";
   EXPECT_TRUE(torch::allclose(router_tensor(d.str("one"), w), router_tensor(d.str("two"), w), 1e-4, 1e-5));
   // Resume the 2-rank run's step-2 checkpoint with one rank: the global data cursor carries over.
-  fs::remove_all(d.path / "two" / "checkpoints" / train::checkpoint_name(4));
+  io::remove_tree((d.path / "two" / "checkpoints" / train::checkpoint_name(4)).string());
   ASSERT_EQ(run_cmd(e + " train" + common + " --set train.micro_batches=2 --set output.dir=" + d.str("two") +
                     " --resume auto"),
             0);

@@ -1,5 +1,7 @@
 #include "test_util.h"
 
+#include "io/atomic_file.h"
+
 #include <random>
 
 namespace elastic::testing {
@@ -11,8 +13,10 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path, ec);
+  try {
+    io::remove_tree(path.string());
+  } catch (...) {
+  }
 }
 
 torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -10,7 +10,8 @@ namespace elastic::attention {
 namespace {
 
 std::atomic<bool> g_force_blocked{false};
-constexpr int64_t kBlock = 128;
+// Query rows per block: small on the CPU (cache), large on GPUs (fewer launches).
+int64_t block_rows(const torch::Tensor& q) { return q.is_cuda() ? 1024 : 128; }
 
 torch::Tensor compute_dtype_view(const torch::Tensor& t) {
   // The blocked path computes half types in fp32; fp32/fp64 stay as they are.
@@ -57,6 +58,7 @@ void blocked_forward(const torch::Tensor& q, const torch::Tensor& k, const torch
     auto qs = qc.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 2, 0, 3});  // [Hkv,G,n,d]
     auto ks = kc.narrow(0, s0, n).permute({1, 0, 2});                          // [Hkv,n,d]
     auto vs = vc.narrow(0, s0, n).permute({1, 0, 2});
+    const int64_t kBlock = block_rows(q);
     for (int64_t a = 0; a < n; a += kBlock) {
       const int64_t e = std::min(n, a + kBlock), bq = e - a;
       auto keys = gather_keys(ks, vs, visible_key_ranges(a, e, mask));
@@ -98,6 +100,7 @@ AttnGrads blocked_backward(const torch::Tensor& dout, const torch::Tensor& q, co
     auto vs = vc.narrow(0, s0, n).permute({1, 0, 2});
     auto dks = torch::zeros({Hkv, n, d}, kc.options());
     auto dvs = torch::zeros({Hkv, n, d}, vc.options());
+    const int64_t kBlock = block_rows(q);
     for (int64_t a = 0; a < n; a += kBlock) {
       const int64_t e = std::min(n, a + kBlock), bq = e - a;
       auto ranges = visible_key_ranges(a, e, mask);

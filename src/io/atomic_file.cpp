@@ -1,6 +1,7 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -65,6 +66,13 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   AtomicFile f(path);
   f.write(content);
   f.commit();
+}
+
+void remove_tree(const std::string& path) {
+  auto rm = [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); };
+  if (::nftw(path.c_str(), rm, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT) {
+    ELASTIC_FAIL(path << ": cannot remove (" << std::strerror(errno) << ")");
+  }
 }
 
 std::string read_file(const std::string& path) {

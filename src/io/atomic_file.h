@@ -29,4 +29,8 @@ class AtomicFile {
 void write_file_atomic(const std::string& path, const std::string& content);
 std::string read_file(const std::string& path);
 
+// Removes a file or directory tree; missing paths are fine. (Not std::filesystem::remove_all:
+// the CUDA libtorch.so exports a broken copy of it that interposes on the program's.)
+void remove_tree(const std::string& path);
+
 }  // namespace elastic::io

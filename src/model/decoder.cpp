@@ -68,6 +68,7 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext&
   if (!s.defined() && ctx.mode != RoutingMode::off) s = routing_weights(k, ctx);
   q = apply_rope(q, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
+  if (ctx.capture_qk) ctx.capture_qk->emplace_back(q.detach(), k.detach());
   auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_)
                          : attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
   return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));

@@ -37,6 +37,8 @@ struct ForwardContext {
   std::vector<torch::Tensor> router_logits;
   // When set, each layer's router input (pre-RoPE keys) is appended here (inspection).
   std::vector<torch::Tensor>* capture_keys = nullptr;
+  // When set, each layer's post-RoPE (q, k) are appended here (head scoring, analysis).
+  std::vector<std::pair<torch::Tensor, torch::Tensor>>* capture_qk = nullptr;
 };
 
 }  // namespace elastic::model

@@ -54,20 +54,20 @@ void write_checkpoint_atomically(const std::string& root, const std::string& nam
   fs::create_directories(root);
   const fs::path final_dir = fs::path(root) / name;
   const fs::path tmp = fs::path(root) / (name + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp);
+  io::remove_tree(fs::path(tmp).string());
   fs::create_directories(tmp);
   write(tmp.string());
   for (const auto& e : fs::directory_iterator(tmp)) fsync_path(e.path(), false);
   fsync_path(tmp, true);
-  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  if (fs::exists(final_dir)) io::remove_tree(fs::path(final_dir).string());
   fs::rename(tmp, final_dir);
   fsync_path(root, true);
   auto all = complete_checkpoints(root);
-  for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+  for (size_t i = 0; i + keep < all.size(); ++i) io::remove_tree(fs::path(all[i]).string());
   // Leftovers of writers that were killed.
   for (const auto& e : fs::directory_iterator(root)) {
     const auto n = e.path().filename().string();
-    if (n.find(".tmp.") != std::string::npos && e.path() != tmp) fs::remove_all(e.path());
+    if (n.find(".tmp.") != std::string::npos && e.path() != tmp) io::remove_tree(fs::path(e.path()).string());
   }
 }
 
