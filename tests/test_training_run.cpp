@@ -230,3 +230,25 @@ TEST(TrainingRun, KillingOneRankEndsTheJobAndNamesTheRank) {
   const auto out = io::read_file(log);
   EXPECT_NE(out.find("process rank 1"), std::string::npos) << out;
 }
+
+TEST(TrainingRun, NonFiniteLossesAreSkippedThenStopTraining) {
+  TempDir d;
+  auto cfg = tiny_setup(d, 20);
+  // An absurd backbone learning rate makes the weights overflow after the first update.
+  cfg.train_routing = "off";
+  cfg.train_trainable = {".*"};
+  cfg.train_backbone_lr = 1e30;
+  cfg.optim_warmup_fraction = 0;
+  cfg.train_max_nonfinite_steps = 3;
+  train::Trainer t(cfg);
+  auto first = t.step();
+  EXPECT_FALSE(first["skipped"].get<bool>());
+  int skipped = 0;
+  try {
+    for (int i = 0; i < 10; ++i) skipped += t.step()["skipped"].get<bool>();
+    FAIL() << "training did not stop";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite loss in 3 consecutive steps"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(skipped, 2);  // two skipped steps returned, the third raised
+}

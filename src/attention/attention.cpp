@@ -137,7 +137,9 @@ AttnGrads blocked_backward(const torch::Tensor& dout, const torch::Tensor& q, co
 // ---- flash (CUDA, fp16/bf16) ----
 
 // Sink keys outside the window: for query i >= window, keys j < min(sink, i - window + 1).
-// Computed densely per sample in row chunks ([rows, sink] scores, never T x T).
+// Rows i >= window + sink - 1 see every sink key: one non-causal flash call over all samples
+// (SinkFull). The at most sink - 1 rows before them see a prefix of the sinks: computed densely
+// ([rows, sink] scores, never T x T).
 struct SinkRows {
   int64_t s0, row0, rows, nsink;  // sample start, first query row (within sample), count, sink keys
 };
@@ -148,12 +150,43 @@ std::vector<SinkRows> sink_rows(const Packing& pack, MaskSpec mask) {
   constexpr int64_t kChunk = 4096;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t n = pack.length(b);
-    for (int64_t r = mask.window; r < n; r += kChunk) {
-      const int64_t e = std::min(n, r + kChunk);
+    const int64_t end = std::min(n, mask.window + mask.sink - 1);
+    for (int64_t r = mask.window; r < end; r += kChunk) {
+      const int64_t e = std::min(end, r + kChunk);
       out.push_back({pack.begin(b), r, e - r, std::min(mask.sink, e - mask.window)});
     }
   }
   return out;
+}
+
+struct SinkFull {
+  torch::Tensor rows, keys;  // query rows and sink key rows in the pack, int64
+  torch::Tensor cu_q, cu_k;  // int32 varlen boundaries of the sub-batch
+  int64_t max_q = 0, nk = 0;
+  bool empty() const { return !rows.defined(); }
+};
+
+SinkFull sink_full(const Packing& pack, MaskSpec mask, torch::Device dev) {
+  SinkFull f;
+  if (mask.full() || mask.sink <= 0) return f;
+  std::vector<int64_t> rows, keys, cu_q{0}, cu_k{0};
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t n = pack.length(b), first = mask.window + mask.sink - 1;
+    if (n <= first) continue;
+    for (int64_t i = first; i < n; ++i) rows.push_back(pack.begin(b) + i);
+    for (int64_t j = 0; j < mask.sink; ++j) keys.push_back(pack.begin(b) + j);
+    cu_q.push_back(cu_q.back() + n - first);
+    cu_k.push_back(cu_k.back() + mask.sink);
+    f.max_q = std::max(f.max_q, n - first);
+  }
+  if (rows.empty()) return f;
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  f.rows = torch::tensor(rows, i64).to(dev);
+  f.keys = torch::tensor(keys, i64).to(dev);
+  f.cu_q = torch::tensor(cu_q, i64).to(torch::kInt32).to(dev);
+  f.cu_k = torch::tensor(cu_k, i64).to(torch::kInt32).to(dev);
+  f.nk = mask.sink;
+  return f;
 }
 
 // Scores of a sink chunk: [Hkv, G, rows, nsink] fp32, masked (key j visible iff j <= i - window).
@@ -194,6 +227,20 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
     f.out.narrow(0, c.s0 + c.row0, c.rows).copy_(o.permute({2, 0, 1, 3}).reshape({c.rows, Hq, d}));
     f.lse.narrow(1, c.s0 + c.row0, c.rows).copy_(l.reshape({Hq, c.rows}));
   }
+  auto sf = sink_full(pack, mask, q.device());
+  if (!sf.empty()) {
+    auto qa = q.index_select(0, sf.rows), ks = k.index_select(0, sf.keys), vs = v.index_select(0, sf.keys);
+    auto rs = at::_flash_attention_forward(qa, ks, vs, sf.cu_q, sf.cu_k, sf.max_q, sf.nk, 0.0, /*is_causal=*/false,
+                                           false, scale);
+    auto os = std::get<0>(rs).to(torch::kFloat32);  // [NA,Hq,d]
+    auto ls = std::get<1>(rs);                       // [Hq,NA]
+    auto lw = f.lse.index_select(1, sf.rows);
+    auto ow = f.out.index_select(0, sf.rows).to(torch::kFloat32);
+    auto l = torch::logaddexp(lw, ls);
+    auto o = ow * torch::exp(lw - l).t().unsqueeze(-1) + os * torch::exp(ls - l).t().unsqueeze(-1);
+    f.out.index_copy_(0, sf.rows, o.to(f.out.scalar_type()));
+    f.lse.index_copy_(1, sf.rows, l);
+  }
   return f;
 }
 
@@ -230,6 +277,18 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
     auto dv = torch::bmm(p.transpose(1, 2), dob).permute({1, 0, 2});
     out.dk.narrow(0, c.s0, c.nsink).add_(dk.to(out.dk.scalar_type()));
     out.dv.narrow(0, c.s0, c.nsink).add_(dv.to(out.dv.scalar_type()));
+  }
+  auto sf = sink_full(pack, mask, q.device());
+  if (!sf.empty()) {
+    // With the merged output and log-sum-exp, flash's backward gives exactly the sink keys' share.
+    auto qa = q.index_select(0, sf.rows), ks = k.index_select(0, sf.keys), vs = v.index_select(0, sf.keys);
+    auto doa = dout.index_select(0, sf.rows), oa = fwd.out.index_select(0, sf.rows);
+    auto la = fwd.lse.index_select(1, sf.rows).contiguous();
+    auto gs = at::_flash_attention_backward(doa, qa, ks, vs, oa, la, sf.cu_q, sf.cu_k, sf.max_q, sf.nk, 0.0,
+                                            /*is_causal=*/false, empty, empty, scale);
+    out.dq.index_add_(0, sf.rows, std::get<0>(gs));
+    out.dk.index_add_(0, sf.keys, std::get<1>(gs));
+    out.dv.index_add_(0, sf.keys, std::get<2>(gs));
   }
   return out;
 }

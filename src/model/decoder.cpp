@@ -109,7 +109,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     torch::Tensor out;
     {
       torch::NoGradGuard ng;
-      out = layer->forward_with(x, *ctx, s);
+      out = layer->forward_with(x, *ctx, s.numel() > 0 ? s : torch::Tensor());
     }
     actx->save_for_backward({x, s});
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
@@ -123,7 +123,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
     auto x = saved[0].detach().requires_grad_(actx->needs_input_grad(0));
     torch::Tensor s;
-    if (saved[1].defined()) s = saved[1].detach().requires_grad_(actx->needs_input_grad(1));
+    if (saved[1].numel() > 0) s = saved[1].detach().requires_grad_(actx->needs_input_grad(1));
     torch::Tensor out;
     {
       torch::AutoGradMode on(true);
@@ -151,7 +151,8 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& 
       }
     }
   }
-  torch::Tensor s;
+  // Autograd functions take defined tensors only: "no routing" travels as an empty tensor.
+  torch::Tensor s = torch::empty({0}, x.options().dtype(torch::kFloat32));
   if (ctx.mode != RoutingMode::off) s = self_attn->decide(input_layernorm->forward(x), ctx);
   return CheckpointFn::apply(in, s, this, &ctx)[0];
 }
