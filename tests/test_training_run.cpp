@@ -50,7 +50,9 @@ train::TrainConfig tiny_setup(const TempDir& dir, int64_t steps) {
                              {"model.path=" + dir.str("model"), "data.path=" + dir.str("data.bin"),
                               "output.dir=" + dir.str("run"), "train.steps=" + std::to_string(steps),
                               "ssa.sink=4", "ssa.window=16", "router.pool_tokens=8", "optim.lr=0.01",
-                              "optim.lambda_lr=0.05", "train.micro_batches=2", "checkpoint.every=0"});
+                              "optim.lambda_lr=0.05", "train.micro_batches=2", "checkpoint.every=0",
+                              // CPU: bitwise exactness is promised there (GPU kernels use atomics).
+                              "model.device=cpu"});
 }
 
 std::vector<nlohmann::json> read_metrics(const std::string& path) {
@@ -157,7 +159,8 @@ TEST(TrainingRun, CliTrainThenEval) {
   tiny_setup(d, 1);
   const std::string e = ELASTIC_BINARY;
   ASSERT_EQ(run_cmd(e + " train --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
-                    " --set output.dir=" + d.str("run") + " --set train.steps=3 --set ssa.window=16 --set ssa.sink=4"),
+                    " --set output.dir=" + d.str("run") + " --set train.steps=3 --set ssa.window=16 --set ssa.sink=4" +
+                    " --set model.device=cpu"),
             0);
   for (const char* f : {"config.yaml", "metrics.jsonl", "summary.json", "router.safetensors", "router.json"})
     EXPECT_TRUE(fs::exists(d.path / "run" / f)) << f;
@@ -177,7 +180,8 @@ TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
   tiny_setup(d, 1);
   const std::string e = ELASTIC_BINARY;
   const std::string common = " --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
-                             " --set train.steps=4 --set ssa.window=16 --set ssa.sink=4 --set checkpoint.every=2";
+                             " --set train.steps=4 --set ssa.window=16 --set ssa.sink=4 --set checkpoint.every=2" +
+                             " --set model.device=cpu";
   const std::string mpi = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 "
                           "mpirun -np 2 --oversubscribe ";
   ASSERT_EQ(run_cmd(e + " train" + common + " --set train.micro_batches=2 --set output.dir=" + d.str("one")), 0);
@@ -208,7 +212,7 @@ TEST(TrainingRun, KillingOneRankEndsTheJobAndNamesTheRank) {
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 2 --oversubscribe " +
       std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
       d.str("data.bin") + " --set output.dir=" + d.str("run") +
-      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=20 > " + log + " 2>&1 &";
+      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=20 --set model.device=cpu > " + log + " 2>&1 &";
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   // Wait for training to run, then kill rank 1.
   for (int i = 0; i < 100 && !fs::exists(d.path / "run" / "metrics.jsonl"); ++i) usleep(100000);

@@ -60,7 +60,14 @@ std::vector<torch::Tensor> unfreeze(model::CausalLM& m, const std::vector<std::s
 Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
     : cfg_(cfg), device_(model::parse_device(cfg.model_device, "model.device")) {
   // Each rank takes the GPU of its local rank.
-  if (device_.is_cuda() && !device_.has_index()) device_ = torch::Device(torch::kCUDA, dist::local_rank_from_env());
+  if (device_.is_cuda() && !device_.has_index()) {
+    const int local = dist::local_rank_from_env();
+    const auto gpus = static_cast<int>(torch::cuda::device_count());
+    ELASTIC_CHECK(local < gpus, "local rank " << local << " needs GPU " << local << " but only " << gpus
+                                              << " GPU(s) are visible: start at most " << gpus
+                                              << " ranks per node (mpirun -np)");
+    device_ = torch::Device(torch::kCUDA, static_cast<int8_t>(local));
+  }
   comm_ = comm ? comm : dist::Comm::world(device_, cfg.dist_timeout_s);
   log::set_rank(comm_->rank());
   dtype_ = cfg.model_dtype == "auto" ? (device_.is_cuda() ? torch::kBFloat16 : torch::kFloat32)
