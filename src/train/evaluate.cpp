@@ -142,7 +142,8 @@ void write_heatmap_svg(const std::string& path, const torch::Tensor& m, const st
   auto t = m.to(torch::kCPU, torch::kFloat64);
   const int64_t R = t.size(0), C = t.size(1);
   const int cell = std::max(8, std::min(40, static_cast<int>(600 / std::max<int64_t>(R, C))));
-  const int left = 60, top = 40, w = left + C * cell + 90, h = top + R * cell + 40;
+  const int left = 60, top = 40, h = top + R * cell + 40;
+  const int w = std::max<int>(left + C * cell + 90, left + 8 * static_cast<int>(title.size()));
   std::ostringstream os;
   os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << w << "' height='" << h << "' font-family='sans-serif' font-size='11'>\n";
   os << "<rect width='100%' height='100%' fill='white'/>\n";
