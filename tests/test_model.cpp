@@ -37,14 +37,6 @@ torch::Tensor packed_logits(model::CausalLM& m, const std::vector<std::vector<in
   return m->logits(m->forward_hidden(torch::tensor(ids), ctx));
 }
 
-void expect_error_containing(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    FAIL() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-  }
-}
 
 }  // namespace
 
@@ -105,18 +97,18 @@ TEST(Model, BadConfigsAndCheckpointsNameTheCulprit) {
   TempDir dir;
   const std::string cfg_path = dir.str("config.json");
   std::ofstream(cfg_path) << R"({"architectures": ["MistralForCausalLM"], "vocab_size": 8})";
-  expect_error_containing([&] { model::ModelConfig::load(dir.str()); },
+  elastic::testing::expect_error([&] { model::ModelConfig::load(dir.str()); },
                           {"config.json", "MistralForCausalLM", "Qwen3ForCausalLM"});
   std::ofstream(cfg_path) << R"({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 8})";
-  expect_error_containing([&] { model::ModelConfig::load(dir.str()); }, {"config.json", "hidden_size"});
+  elastic::testing::expect_error([&] { model::ModelConfig::load(dir.str()); }, {"config.json", "hidden_size"});
   std::ofstream(cfg_path) << R"({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 8, "hidden_size": 8,)";
-  expect_error_containing([&] { model::ModelConfig::load(dir.str()); }, {"config.json", "not valid JSON"});
+  elastic::testing::expect_error([&] { model::ModelConfig::load(dir.str()); }, {"config.json", "not valid JSON"});
   std::ofstream(cfg_path) << R"({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 8, "hidden_size": 8,
     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 2})";
-  expect_error_containing([&] { model::ModelConfig::load(dir.str()); }, {"num_key_value_heads"});
+  elastic::testing::expect_error([&] { model::ModelConfig::load(dir.str()); }, {"num_key_value_heads"});
   std::ofstream(cfg_path) << R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 8,
     "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4}})";
-  expect_error_containing([&] { model::ModelConfig::load(dir.str()); }, {"rope_scaling", "yarn"});
+  elastic::testing::expect_error([&] { model::ModelConfig::load(dir.str()); }, {"rope_scaling", "yarn"});
 
   // A checkpoint whose tensor has the wrong shape, or lacks one.
   auto cfg = model::ModelConfig::from_json(
@@ -132,12 +124,12 @@ TEST(Model, BadConfigsAndCheckpointsNameTheCulprit) {
     ts.emplace_back(p.key(), p.key() == "model.norm.weight" ? torch::ones({9}) : p.value());
   }
   io::save_safetensors(dir.str("m/model.safetensors"), ts);
-  expect_error_containing([&] { model::load_model(dir.str("m"), torch::kFloat32, torch::kCPU); },
+  elastic::testing::expect_error([&] { model::load_model(dir.str("m"), torch::kFloat32, torch::kCPU); },
                           {"model.safetensors", "k_proj.bias"});
   ts.emplace_back("model.layers.0.self_attn.k_proj.bias", torch::zeros({4}));
   io::save_safetensors(dir.str("m/model.safetensors"), ts);
-  expect_error_containing([&] { model::load_model(dir.str("m"), torch::kFloat32, torch::kCPU); },
+  elastic::testing::expect_error([&] { model::load_model(dir.str("m"), torch::kFloat32, torch::kCPU); },
                           {"model.safetensors", "model.norm.weight", "[9]", "[8]"});
-  expect_error_containing([&] { model::load_model(dir.str("nowhere"), torch::kFloat32, torch::kCPU); },
+  elastic::testing::expect_error([&] { model::load_model(dir.str("nowhere"), torch::kFloat32, torch::kCPU); },
                           {"nowhere", "config.json"});
 }

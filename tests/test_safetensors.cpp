@@ -19,15 +19,6 @@ void write_raw(const std::string& path, const std::string& header, const std::st
   f << header << data;
 }
 
-// Expects an elastic::Error whose message contains every needle.
-void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
-  try {
-    fn();
-    FAIL() << "no error thrown";
-  } catch (const Error& e) {
-    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
-  }
-}
 
 }  // namespace
 
@@ -74,30 +65,30 @@ TEST(Safetensors, ViewsAreZeroCopyAndOutliveTheHandle) {
 TEST(Safetensors, RejectsBadFilesWithTheCulpritNamed) {
   TempDir dir;
   const auto p = dir.str("bad.safetensors");
-  expect_error([&] { io::SafetensorsFile::open(dir.str("missing.safetensors")); }, {"missing.safetensors", "not found"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(dir.str("missing.safetensors")); }, {"missing.safetensors", "not found"});
   { std::ofstream(p) << "abc"; }
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "8-byte"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "8-byte"});
   {
     std::ofstream f(p, std::ios::binary);
     uint64_t n = 1ull << 40;
     f.write(reinterpret_cast<const char*>(&n), 8);
   }
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "header length"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "header length"});
   write_raw(p, "{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]", "12345678");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "not valid JSON"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "not valid JSON"});
   write_raw(p, R"({"w": {"dtype": "F8_E9", "shape": [2], "data_offsets": [0, 2]}})", "12");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "F8_E9"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "F8_E9"});
   write_raw(p, R"({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", "12345678");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "12 bytes", "span 8"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "12 bytes", "span 8"});
   write_raw(p, R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", "12345678");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "outside"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "outside"});
   write_raw(p, R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
             "123456789012");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'a'", "'b'", "overlap"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'a'", "'b'", "overlap"});
   write_raw(p, R"({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}})", "12345678");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "non-negative"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "non-negative"});
   write_raw(p, R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})", "12345678");
-  expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "begin"});
+  elastic::testing::expect_error([&] { io::SafetensorsFile::open(p); }, {p, "'w'", "begin"});
 }
 
 TEST(Safetensors, ShardedCheckpointThroughIndex) {
@@ -111,14 +102,14 @@ TEST(Safetensors, ShardedCheckpointThroughIndex) {
   auto ck = io::Checkpoint::open(dir.str());
   EXPECT_TRUE(torch::equal(ck.get("a"), torch::ones({2})));
   EXPECT_TRUE(torch::equal(ck.get("b"), torch::zeros({3})));
-  expect_error([&] { ck.get("c"); }, {"'c'"});
+  elastic::testing::expect_error([&] { ck.get("c"); }, {"'c'"});
   {
     std::ofstream(dir.str("model.safetensors.index.json"))
         << R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "z": "model-00002-of-00002.safetensors"}})";
   }
-  expect_error([&] { io::Checkpoint::open(dir.str()); }, {"index.json", "'z'", "does not contain"});
+  elastic::testing::expect_error([&] { io::Checkpoint::open(dir.str()); }, {"index.json", "'z'", "does not contain"});
   {
     std::ofstream(dir.str("model.safetensors.index.json")) << R"({"weight_map": {"a": "nope.safetensors"}})";
   }
-  expect_error([&] { io::Checkpoint::open(dir.str()); }, {"nope.safetensors", "does not exist"});
+  elastic::testing::expect_error([&] { io::Checkpoint::open(dir.str()); }, {"nope.safetensors", "does not exist"});
 }

@@ -1,6 +1,9 @@
 #include "test_util.h"
 
 #include "io/atomic_file.h"
+#include "util/error.h"
+
+#include <gtest/gtest.h>
 
 #include <random>
 
@@ -41,6 +44,15 @@ torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k
 double rel_err(const torch::Tensor& a, const torch::Tensor& b) {
   auto a64 = a.to(torch::kFloat64), b64 = b.to(torch::kFloat64);
   return ((a64 - b64).norm() / b64.norm().clamp_min(1e-300)).item<double>();
+}
+
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles) {
+  try {
+    fn();
+    ADD_FAILURE() << "no error thrown";
+  } catch (const Error& e) {
+    for (const auto& n : needles) EXPECT_NE(std::string(e.what()).find(n), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace elastic::testing

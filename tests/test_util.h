@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include "attention/packing.h"
@@ -22,5 +23,8 @@ torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k
                                   const attention::Packing& pack, attention::MaskSpec mask, double scale);
 
 double rel_err(const torch::Tensor& a, const torch::Tensor& b);
+
+// Expects fn to throw an elastic::Error whose message contains every needle.
+void expect_error(const std::function<void()>& fn, const std::vector<std::string>& needles);
 
 }  // namespace elastic::testing

@@ -116,12 +116,7 @@ int cmd_eval(int argc, char** argv) {
   opt.max_packs = a.get_int("max-packs", -1);
   if (routing == train::EvalRouting::router) {
     train::read_manifest(run, m->config());
-    router::RouterOptions ro;
-    ro.head_dim = m->config().head_dim;
-    ro.hidden_mult = cfg.router_hidden_mult;
-    ro.pooling = router::parse_pooling(cfg.router_pooling, "router.pooling");
-    ro.pool_tokens = cfg.router_pool_tokens;
-    m->attach_routers(ro);
+    m->attach_routers(train::router_options(cfg, m->config().head_dim));
     train::load_router_weights(m, (fs::path(run) / "router.safetensors").string());
   }
   if (routing == train::EvalRouting::fixed) {

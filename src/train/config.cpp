@@ -215,6 +215,15 @@ void validate(const TrainConfig& c, const std::string& src) {
 
 }  // namespace
 
+router::RouterOptions router_options(const TrainConfig& cfg, int64_t head_dim) {
+  router::RouterOptions ro;
+  ro.head_dim = head_dim;
+  ro.hidden_mult = cfg.router_hidden_mult;
+  ro.pooling = router::parse_pooling(cfg.router_pooling, "router.pooling");
+  ro.pool_tokens = cfg.router_pool_tokens;
+  return ro;
+}
+
 std::vector<TaskSpec> default_tasks() {
   return {{"single_qa", 0, 0.7}, {"multihop_qa", 1, 0.7}, {"summarization", 2, 1.0}, {"code", 3, 1.0}, {"icl", 4, 1.0}};
 }

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "router/router.h"
+
 namespace elastic::train {
 
 struct TaskSpec {
@@ -74,6 +76,9 @@ struct TrainConfig {
   const TaskSpec* task_by_id(int64_t id) const;
   double target_for(int64_t task_id) const;
 };
+
+// Router options from the config, for a model with this head_dim.
+router::RouterOptions router_options(const TrainConfig& cfg, int64_t head_dim);
 
 // Default task map of the reference data (ELASTIC.md §8).
 std::vector<TaskSpec> default_tasks();

@@ -81,12 +81,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   loader_ = std::make_unique<data::DataLoader>(ds, cfg.train_seed, cfg.data_shuffle);
   if (cfg.train_routing == "router") {
     torch::manual_seed(cfg.train_seed);  // router init
-    router::RouterOptions ro;
-    ro.head_dim = model_->config().head_dim;
-    ro.hidden_mult = cfg.router_hidden_mult;
-    ro.pooling = router::parse_pooling(cfg.router_pooling, "router.pooling");
-    ro.pool_tokens = cfg.router_pool_tokens;
-    model_->attach_routers(ro);
+    model_->attach_routers(router_options(cfg, model_->config().head_dim));
     opt_router_ = std::make_unique<torch::optim::AdamW>(
         router_params(), torch::optim::AdamWOptions(cfg.optim_lr)
                              .betas({cfg.optim_beta1, cfg.optim_beta2})
