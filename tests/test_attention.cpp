@@ -153,3 +153,24 @@ TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
   auto expect = torch::stack({per_tok.narrow(0, 0, 40).sum(0), per_tok.narrow(0, 40, 25).sum(0)});
   EXPECT_LT(rel_err(s.grad(), expect), 1e-12);
 }
+
+TEST(Hybrid, InferenceRunsOnlyTheSelectedBranchAndMatches) {
+  torch::manual_seed(5);
+  auto pack = Packing::from_lengths({70, 20, 150}, torch::kCPU);
+  const int64_t T = pack.tokens();
+  auto q = torch::randn({T, 6, 8}, torch::kFloat64), k = torch::randn({T, 3, 8}, torch::kFloat64),
+       v = torch::randn({T, 3, 8}, torch::kFloat64);
+  const MaskSpec ssa = MaskSpec::streaming(3, 10);
+  for (const auto& s : {torch::tensor({{1., 0., 1.}, {0., 0., 0.}, {1., 1., 0.}}, torch::kFloat64),
+                        torch::ones({3, 3}, torch::kFloat64), torch::zeros({3, 3}, torch::kFloat64)}) {
+    torch::Tensor fast;
+    {
+      torch::NoGradGuard ng;
+      fast = hybrid_attention(q, k, v, s, pack, ssa, 0.3);
+    }
+    auto fa = reference_attention(q, k, v, pack, MaskSpec::causal(), 0.3);
+    auto sa = reference_attention(q, k, v, pack, ssa, 0.3);
+    auto wt = s.index_select(0, pack.sample_id).repeat_interleave(2, 1).unsqueeze(-1);
+    EXPECT_LT(rel_err(fast, wt * fa + (1 - wt) * sa), 1e-12);
+  }
+}

@@ -48,6 +48,13 @@ for s in "$@"; do
         --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
       $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-32768,65536} --samples 3 --steps 3 \
         --out "$OUT/bench_train_qwen3-4b.json" 2>&1 | grep -E "info|error" | tail -6 || status=1 ;;
+    bench-prefill)
+      stage bench-prefill
+      M=/tmp/qwen3-8b-random
+      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 4096 \
+        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 12288 --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
+      $BUILD/elastic bench-prefill --model $M --tokens ${PREFILL_TOKENS:-32768,65536,131072} --omega 0.7 --repeat 2 \
+        --out "$OUT/bench_prefill_qwen3-8b.json" 2>&1 | grep -E "info|error" | tail -5 || status=1 ;;
     crash)
       stage crash
       for t in ${CRASH_TESTS:-Safetensors.RoundTripAllDtypes}; do

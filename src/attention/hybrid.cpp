@@ -11,6 +11,51 @@ torch::Tensor token_weights(const torch::Tensor& s, const Packing& pack) {
   return s.index_select(0, pack.sample_id).unsqueeze(-1).unsqueeze(-1);
 }
 
+// The (sample, kv head) pairs selected by a [B, Hkv] mask, as one pack of single-KV-head
+// sequences: row r of the gathered pack is token tok[r], kv head head[r] of the original.
+struct PairSelection {
+  int64_t selected = 0;
+  bool all = false;
+  torch::Tensor tok, head;
+  Packing pack;
+  std::vector<torch::indexing::TensorIndex> index() const { return {tok, head}; }
+  c10::List<std::optional<torch::Tensor>> put() const {
+    c10::List<std::optional<torch::Tensor>> l;
+    l.push_back(tok);
+    l.push_back(head);
+    return l;
+  }
+};
+
+PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::Device dev) {
+  PairSelection sel;
+  auto nz = w.detach().to(torch::kCPU, torch::kFloat64).ne(0).contiguous();
+  sel.selected = nz.sum().item<int64_t>();
+  sel.all = sel.selected == nz.numel();
+  if (sel.selected == 0 || sel.all) return sel;
+  std::vector<int64_t> lengths, starts, heads;
+  int64_t rows = 0;
+  auto acc = nz.accessor<bool, 2>();
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    for (int64_t h = 0; h < nz.size(1); ++h) {
+      if (!acc[b][h]) continue;
+      lengths.push_back(pack.length(b));
+      starts.push_back(pack.begin(b));
+      heads.push_back(h);
+      rows += pack.length(b);
+    }
+  }
+  // Token and head of every gathered row, built on the device from the pair list.
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  auto len_t = torch::tensor(lengths, i64).to(dev);
+  auto first_row = len_t.cumsum(0) - len_t;
+  auto rep = [&](const torch::Tensor& t) { return t.repeat_interleave(len_t, 0, rows); };
+  sel.tok = rep(torch::tensor(starts, i64).to(dev)) + torch::arange(rows, i64.device(dev)) - rep(first_row);
+  sel.head = rep(torch::tensor(heads, i64).to(dev));
+  sel.pack = Packing::from_lengths(lengths, dev);
+  return sel;
+}
+
 // Runs the attention backward of one branch for the (sample, kv head) pairs where the
 // branch weight w [B, Hkv] is non-zero, accumulating into dq/dk/dv. With hard routing
 // (`hard`: every weight is 0 or 1) the pairs of the two branches are disjoint and have
@@ -19,56 +64,48 @@ void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const to
                      const torch::Tensor& v, const AttnForward& fwd, const torch::Tensor& w, const Packing& pack,
                      MaskSpec mask, double scale, bool hard, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  auto w_cpu = w.detach().to(torch::kCPU, torch::kFloat64).contiguous();
-  auto nz = w_cpu.ne(0);
-  const int64_t selected = nz.sum().item<int64_t>();
-  if (selected == 0) return;
+  auto sel = select_pairs(w, pack, q.device());
+  if (sel.selected == 0) return;
   auto dout_w = hard ? dout
                      : (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d});
-  if (selected == nz.numel()) {
+  if (sel.all) {
     auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
     dq.add_(g.dq);
     dk.add_(g.dk);
     dv.add_(g.dv);
     return;
   }
-  // Gather the selected (sample, head) pairs into a pack of single-KV-head sequences. The
-  // token/head index of every gathered row is built on the device from the pair list.
-  std::vector<int64_t> lengths, starts, heads;
-  int64_t rows = 0;
-  auto acc = nz.accessor<bool, 2>();
-  for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    for (int64_t h = 0; h < Hkv; ++h) {
-      if (!acc[b][h]) continue;
-      lengths.push_back(pack.length(b));
-      starts.push_back(pack.begin(b));
-      heads.push_back(h);
-      rows += pack.length(b);
-    }
-  }
-  auto dev = q.device();
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto len_t = torch::tensor(lengths, i64).to(dev);
-  auto first_row = (len_t.cumsum(0) - len_t);  // row of each pair in the gathered pack
-  auto rep = [&](const torch::Tensor& t) { return t.repeat_interleave(len_t, 0, rows); };
-  auto it = rep(torch::tensor(starts, i64).to(dev)) + torch::arange(rows, i64.device(dev)) - rep(first_row);
-  auto ih = rep(torch::tensor(heads, i64).to(dev));
-  auto sub = Packing::from_lengths(lengths, dev);
-  using torch::indexing::TensorIndex;
-  std::vector<TensorIndex> idx{TensorIndex(it), TensorIndex(ih)};
+  const auto idx = sel.index();
   auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
   auto k_s = k.index(idx).unsqueeze(1).contiguous();                       // [N,1,d]
   auto v_s = v.index(idx).unsqueeze(1).contiguous();
   auto o_s = fwd.out.view({T, Hkv, G, d}).index(idx).contiguous();
   auto do_s = dout_w.view({T, Hkv, G, d}).index(idx).contiguous();
   auto l_s = fwd.lse.view({Hkv, G, T}).permute({2, 0, 1}).index(idx).t().contiguous();  // [G,N]
-  auto g = attention_backward(do_s, q_s, k_s, v_s, AttnForward{o_s, l_s}, sub, mask, scale);
-  c10::List<std::optional<torch::Tensor>> put;
-  put.push_back(it);
-  put.push_back(ih);
+  auto g = attention_backward(do_s, q_s, k_s, v_s, AttnForward{o_s, l_s}, sel.pack, mask, scale);
+  const auto put = sel.put();
   dq.view({T, Hkv, G, d}).index_put_(put, g.dq, /*accumulate=*/!hard);
   dk.index_put_(put, g.dk.squeeze(1), !hard);
   dv.index_put_(put, g.dv.squeeze(1), !hard);
+}
+
+// Inference with hard decisions: each (sample, head) runs only its selected branch, all heads
+// of a branch in one varlen call.
+torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
+  const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+  auto out = torch::empty_like(q);
+  for (auto [w, mask] : {std::pair{s, MaskSpec::causal()}, std::pair{1 - s, ssa}}) {
+    auto sel = select_pairs(w, pack, q.device());
+    if (sel.selected == 0) continue;
+    if (sel.all) return attention_forward(q, k, v, pack, mask, scale).out;
+    const auto idx = sel.index();
+    auto o = attention_forward(q.view({T, Hkv, G, d}).index(idx).contiguous(), k.index(idx).unsqueeze(1).contiguous(),
+                               v.index(idx).unsqueeze(1).contiguous(), sel.pack, mask, scale)
+                 .out;
+    out.view({T, Hkv, G, d}).index_put_(sel.put(), o);
+  }
+  return out;
 }
 
 class HybridFn : public torch::autograd::Function<HybridFn> {
@@ -134,6 +171,11 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
                                                                       << ", kv_heads=" << k.size(1) << "], got "
                                                                       << s.sizes());
   ELASTIC_CHECK(!ssa.full(), "hybrid_attention: the streaming branch needs a window");
+  const bool needs_grad = torch::GradMode::is_enabled() &&
+                          (q.requires_grad() || k.requires_grad() || v.requires_grad() || s.requires_grad());
+  if (!needs_grad && s.eq(0).logical_or(s.eq(1)).all().item<bool>()) {
+    return selective_forward(q, k, v, s, pack, ssa, scale);
+  }
   return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale)[0];
 }
 
