@@ -256,3 +256,35 @@ TEST(TrainingRun, NonFiniteLossesAreSkippedThenStopTraining) {
   }
   EXPECT_EQ(skipped, 2);  // two skipped steps returned, the third raised
 }
+
+TEST(TrainingRun, AHungRankTimesOutAndAbortsTheJob) {
+  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string log = d.str("mpirun.log");
+  const std::string cmd =
+      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 2 --oversubscribe " +
+      std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
+      d.str("data.bin") + " --set output.dir=" + d.str("run") +
+      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=3 --set model.device=cpu > " + log +
+      " 2>&1 &";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  for (int i = 0; i < 100 && !fs::exists(d.path / "run" / "metrics.jsonl"); ++i) usleep(100000);
+  usleep(500000);
+  const std::string ranks = "pgrep -f '^" + std::string(ELASTIC_BINARY) + " train.*output.dir=" + d.str("run") + "'";
+  // Freeze rank 1: it stops answering without exiting; rank 0's watchdog must end the job.
+  ASSERT_EQ(std::system(("kill -STOP $(" + ranks + " | tail -1)").c_str()), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ended = false;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    if (std::system(("pgrep -f '^mpirun.*output.dir=" + d.str("run") + "' > /dev/null").c_str()) != 0) {
+      ended = true;
+      break;
+    }
+    usleep(200000);
+  }
+  std::system(("kill -KILL $(" + ranks + ") 2> /dev/null").c_str());
+  EXPECT_TRUE(ended) << "job still running 60 s after a rank hung";
+  const auto out = io::read_file(log);
+  EXPECT_NE(out.find("did not finish within 3 s"), std::string::npos) << out;
+}
