@@ -25,6 +25,7 @@ const std::map<std::string, Command>& commands() {
       {"bench-prefill", {cmd_bench_prefill, "prefill time with full vs routed hybrid attention"}},
       {"bench-train", {cmd_bench_train, "time training steps and attention at real model shapes"}},
       {"export", {cmd_export, "write a run's or checkpoint's router for inference engines"}},
+      {"head-scores", {cmd_head_scores, "score retrieval heads; write the static head-mask baseline at a sparsity"}},
       {"inspect", {cmd_inspect, "run a model with an exported router and print per-head decisions"}},
       {"train", {cmd_train, "train Elastic Attention routers (or a backbone) from a YAML config"}},
       {"eval", {cmd_eval, "evaluate a run with hard routing: per-task loss, accuracy, sparsity"}},
