@@ -1,0 +1,125 @@
+// Proof-of-elasticity pipeline: the retrieval-head scorer's pieces, and tools/elasticity.sh --smoke
+// end to end (tiny CPU run: data, backbone, router, baselines, report).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "data/synthetic.h"
+#include "test_util.h"
+#include "train/head_scores.h"
+
+namespace fs = std::filesystem;
+using elastic::testing::TempDir;
+using namespace elastic;
+
+TEST(HeadScores, NeedlePositionsOfRetrievalAndMultihop) {
+  data::SyntheticOptions o;
+  o.answer_len = 3;
+  o.far_fraction = 0.5;
+  for (auto task : {data::SyntheticTask::retrieval, data::SyntheticTask::multihop}) {
+    auto s = data::make_synthetic_sample(task, 200, o, 7);
+    std::vector<int64_t> tok(s.tokens.begin(), s.tokens.end());
+    auto needle = train::needle_positions(tok, s.prompt_end, o.answer_len);
+    const size_t blocks = task == data::SyntheticTask::retrieval ? 1 : 2;
+    ASSERT_EQ(needle.size(), blocks * (2 * o.answer_len + 2));
+    int64_t keys = 0, vals = 0;
+    for (auto p : needle) {
+      keys += tok[p] == data::kKey;
+      vals += tok[p] == data::kVal;
+      EXPECT_LT(p, static_cast<int64_t>(s.prompt_end));
+    }
+    EXPECT_EQ(keys, static_cast<int64_t>(blocks));
+    EXPECT_EQ(vals, static_cast<int64_t>(blocks));
+  }
+  // Recent copy has no KEY block: no needle.
+  auto s = data::make_synthetic_sample(data::SyntheticTask::recent_copy, 200, o, 7);
+  std::vector<int64_t> tok(s.tokens.begin(), s.tokens.end());
+  EXPECT_TRUE(train::needle_positions(tok, s.prompt_end, o.answer_len).empty());
+}
+
+TEST(HeadScores, NeedleMassEqualsDenseSoftmax) {
+  torch::manual_seed(0);
+  const int64_t T = 40, Hq = 4, Hkv = 2, d = 8, G = Hq / Hkv;
+  auto q = torch::randn({T, Hq, d}, torch::kFloat64), k = torch::randn({T, Hkv, d}, torch::kFloat64);
+  std::vector<int64_t> rows = {30, 35, 39}, needle = {3, 4, 5, 31, 36};
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  auto got = train::needle_mass(q.to(torch::kFloat32), k.to(torch::kFloat32), rows, needle, scale);
+  for (int64_t h = 0; h < Hkv; ++h) {
+    double want = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      for (auto i : rows) {
+        auto s = (k.select(1, h).narrow(0, 0, i + 1).matmul(q[i][h * G + g]) * scale).softmax(0);
+        for (auto j : needle)
+          if (j <= i) want += s[j].item<double>();
+      }
+    }
+    want /= static_cast<double>(G * rows.size());
+    EXPECT_NEAR(got[h].item<double>(), want, 1e-5) << "kv head " << h;
+  }
+}
+
+TEST(HeadScores, MaskKeepsTopHeadsAtTheRequestedSparsity) {
+  auto scores = torch::tensor({0.1, 0.9, 0.3, 0.5, 0.0, 0.7, 0.2, 0.4, 0.6, 0.8}, torch::kFloat64).view({5, 2});
+  auto mask = train::mask_from_scores(scores, 0.7);  // keep round(0.3 * 10) = 3 heads
+  EXPECT_EQ(mask.sum().item<double>(), 3.0);
+  EXPECT_EQ(mask[0][1].item<double>(), 1.0);  // 0.9
+  EXPECT_EQ(mask[4][1].item<double>(), 1.0);  // 0.8
+  EXPECT_EQ(mask[2][1].item<double>(), 1.0);  // 0.7
+  EXPECT_EQ(train::mask_from_scores(scores, 1.0).sum().item<double>(), 0.0);
+  EXPECT_EQ(train::mask_from_scores(scores, 0.0).sum().item<double>(), 10.0);
+}
+
+TEST(ElasticitySmoke, PipelineWritesParsableReport) {
+  if (std::system("command -v bash > /dev/null 2>&1") != 0) GTEST_SKIP() << "bash not found";
+  const fs::path script = fs::path(ELASTIC_TEST_DATA) / ".." / ".." / "tools" / "elasticity.sh";
+  ASSERT_TRUE(fs::exists(script)) << script;
+  // ELASTIC_BIN in the environment overrides the binary built with the tests.
+  const char* env_bin = std::getenv("ELASTIC_BIN");
+  const std::string bin = env_bin && *env_bin ? env_bin : ELASTIC_BINARY;
+  TempDir d;
+  const std::string log = d.str("smoke.log");
+  const std::string cmd = "ELASTIC_BIN='" + bin + "' OMP_NUM_THREADS=1 bash '" + script.string() +
+                          "' --smoke --out '" + d.str("run") + "' > '" + log + "' 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream lf(log);
+  std::stringstream ls;
+  ls << lf.rdbuf();
+  const std::string text = ls.str();
+  ASSERT_EQ(rc, 0) << "tools/elasticity.sh --smoke failed; last output:\n" << text.substr(text.size() > 3000 ? text.size() - 3000 : 0);
+
+  const fs::path run = d.path / "run";
+  for (auto f : {"results.json", "results.md", "mask.csv", "mask.scores.csv", "commands.txt", "router/metrics.jsonl",
+                 "router/router.safetensors", "backbone/model/config.json", "eval/router/fa_heatmap.svg"})
+    EXPECT_TRUE(fs::exists(run / f)) << f;
+  std::ifstream rf(run / "results.json");
+  auto res = nlohmann::json::parse(rf);
+  const std::vector<std::string> methods = {"full", "router", "fixed", "streaming"};
+  ASSERT_EQ(res["methods"].size(), methods.size());
+  for (const auto& m : methods) {
+    std::ifstream ef(run / "eval" / m / "eval.json");
+    auto ev = nlohmann::json::parse(ef);
+    EXPECT_EQ(ev["tasks"].size(), 5u) << m;
+    const auto& r = res["eval"][m];
+    for (auto key : {"accuracy", "lm_loss", "omega_msr", "omega_esr"}) EXPECT_TRUE(r["overall"][key].is_number()) << m << " " << key;
+    for (const auto& t : {"retrieval", "multihop", "recent_copy", "pattern", "instruction"})
+      EXPECT_TRUE(r["tasks"].contains(t)) << m << " " << t;
+  }
+  // The baselines' sparsity is what they claim: full 0, streaming 1; the static mask is within one head
+  // of the router's average Ω_MSR.
+  EXPECT_NEAR(res["eval"]["full"]["overall"]["omega_msr"].get<double>(), 0.0, 1e-9);
+  EXPECT_NEAR(res["eval"]["streaming"]["overall"]["omega_msr"].get<double>(), 1.0, 1e-9);
+  // Mask: header row plus one row per layer of 0/1 values.
+  std::ifstream mf(run / "mask.csv");
+  std::string line;
+  std::getline(mf, line);
+  EXPECT_EQ(line.rfind("layer,kv_head0", 0), 0u) << line;
+  int rows = 0;
+  while (std::getline(mf, line)) ++rows;
+  EXPECT_GT(rows, 0);
+  EXPECT_EQ(res["router_train"]["steps"].get<int>(), 8);
+}
