@@ -68,7 +68,8 @@ echo "# $(date -u +%FT%TZ) tools/elasticity.sh mode=$MODE stages=$STAGES" >> "$O
 
 if has data; then
   say "data and initial model in $OUT"
-  [ -f "$OUT/train.bin" ] || run "$E" make-synthetic-data --out "$OUT/train.bin" "${DATA[@]}" --samples $N_TRAIN --seed 0
+  # The backbone learns from every token (dense signal); router and eval data label answers only.
+  [ -f "$OUT/train.bin" ] || run "$E" make-synthetic-data --out "$OUT/train.bin" "${DATA[@]}" --samples $N_TRAIN --seed 0 --label-all
   [ -f "$OUT/router.bin" ] || run "$E" make-synthetic-data --out "$OUT/router.bin" "${DATA[@]}" --samples $N_ROUTER --seed 1
   [ -f "$OUT/eval.bin" ] || run "$E" make-synthetic-data --out "$OUT/eval.bin" "${DATA[@]}" --samples $N_EVAL --seed 2
   [ -f "$OUT/init/config.json" ] || run "$E" make-tiny-model --arch "${EL_ARCH:-qwen3}" --out "$OUT/init" "${MODEL[@]}" --seed 0

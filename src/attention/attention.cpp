@@ -318,14 +318,29 @@ void set_force_blocked(bool on) { g_force_blocked = on; }
 
 bool uses_flash(const torch::Tensor& q) {
   return !g_force_blocked && q.is_cuda() &&
-         (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf) && q.size(2) % 8 == 0 &&
-         q.size(2) <= 256;
+         (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf ||
+          q.scalar_type() == torch::kFloat32) &&
+         q.size(2) % 8 == 0 && q.size(2) <= 256;
 }
+
+namespace {
+
+// fp32 models on a GPU (training a backbone from scratch keeps fp32 weights) run attention in
+// bf16 through the flash kernels, like autocast does; outputs and gradients return in fp32.
+torch::Tensor to_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat32 ? t.to(torch::kBFloat16) : t; }
+
+}  // namespace
 
 AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const Packing& pack, MaskSpec mask, double scale) {
   check_inputs(q, k, v, pack);
-  if (uses_flash(q)) return flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
+  if (uses_flash(q)) {
+    if (q.scalar_type() == torch::kFloat32) {
+      auto f = flash_forward(to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(), pack, mask, scale);
+      return {f.out.to(torch::kFloat32), f.lse};
+    }
+    return flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
+  }
   AttnForward f;
   blocked_forward(q, k, v, pack, mask, scale, f.out, f.lse);
   return f;
@@ -334,7 +349,14 @@ AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, co
 AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, MaskSpec mask,
                              double scale) {
-  if (uses_flash(q)) return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
+  if (uses_flash(q)) {
+    if (q.scalar_type() == torch::kFloat32) {
+      auto g = flash_backward(to_bf16(dout), to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(),
+                              AttnForward{to_bf16(fwd.out), fwd.lse}, pack, mask, scale);
+      return {g.dq.to(torch::kFloat32), g.dk.to(torch::kFloat32), g.dv.to(torch::kFloat32)};
+    }
+    return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
+  }
   return blocked_backward(dout, q, k, v, fwd, pack, mask, scale);
 }
 

@@ -157,11 +157,12 @@ int cmd_eval(int argc, char** argv) {
 int cmd_make_synthetic_data(int argc, char** argv) {
   Args a("make-synthetic-data", argc, argv,
          {"out", "vocab", "samples", "min-len", "max-len", "answer-len", "pack-tokens", "tasks", "far-fraction", "seed"},
-         {"help"});
+         {"help", "label-all"});
   if (a.flag("help")) {
     std::cout << "elastic make-synthetic-data --out FILE [--vocab 512 --samples 64 --min-len 128 --max-len 512\n"
                  "  --answer-len 4 --pack-tokens 2048 --tasks retrieval,multihop,recent_copy,pattern,instruction\n"
-                 "  --far-fraction 0.5 --seed 0]\n";
+                 "  --far-fraction 0.5 --seed 0 --label-all]\n"
+                 "--label-all labels every token (dense LM signal for training a backbone), not just answers.\n";
     return 0;
   }
   data::SyntheticOptions o;
@@ -172,6 +173,7 @@ int cmd_make_synthetic_data(int argc, char** argv) {
   o.answer_len = a.get_int("answer-len", 4);
   o.far_fraction = a.get_double("far-fraction", 0.5);
   o.seed = static_cast<uint64_t>(a.get_int("seed", 0));
+  o.label_all = a.flag("label-all");
   if (a.has("tasks")) {
     o.tasks.clear();
     std::stringstream ss(a.get("tasks", ""));

@@ -146,6 +146,7 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
   }
   s.tokens.push_back(kEos);
   s.labels.push_back(1);
+  if (opt.label_all) std::fill(s.labels.begin() + 1, s.labels.end(), 1);
   return s;
 }
 

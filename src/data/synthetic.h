@@ -32,6 +32,9 @@ struct SyntheticOptions {
   // Keys for the sensitive tasks are planted in the first `far_fraction` of the context.
   double far_fraction = 0.5;
   uint64_t seed = 0;
+  // Label every token after BOS, not just the answer: a dense LM signal for training a backbone
+  // from scratch (copying and induction form much sooner). Keep answer-only labels for routers/eval.
+  bool label_all = false;
 };
 
 Sample make_synthetic_sample(SyntheticTask task, int64_t length, const SyntheticOptions& opt, uint64_t seed);

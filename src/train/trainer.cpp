@@ -70,6 +70,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   }
   comm_ = comm ? comm : dist::Comm::world(device_, cfg.dist_timeout_s);
   log::set_rank(comm_->rank());
+  // fp32 weights on a GPU: TF32 tensor cores for the matmuls (attention runs bf16 flash).
+  if (device_.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
   dtype_ = cfg.model_dtype == "auto" ? (device_.is_cuda() ? torch::kBFloat16 : torch::kFloat32)
                                      : model::parse_dtype(cfg.model_dtype, "model.dtype");
   auto ds = data::Dataset::open(cfg.data_path);
