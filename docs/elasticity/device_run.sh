@@ -16,12 +16,12 @@ export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdi
 M="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
 D="--vocab 256 --answer-len 2 --far-fraction 0.5 --pack-tokens 8192"
 declare -A ARCH=([a]=qwen3 [b]=llama [c]=qwen3) LEN=([a]="--min-len 64 --max-len 128" [b]="--min-len 64 --max-len 128" [c]="--min-len 96 --max-len 192")
-V="a b c"
+V=${V:-a b c}
 el data; for v in $V; do EL_ARCH=${ARCH[$v]} EL_MODEL="$M" EL_DATA="$D ${LEN[$v]}" tools/elasticity.sh --out $R/$v --stages data > /tmp/data-$v.log 2>&1 & done; wait
 C=configs/elasticity-backbone.yaml
 for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 >/dev/null 2>&1 & done; wait
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
-N=$(python3 -c "print(min(6000,int(${BB_BUDGET:-230}/$ST)))"); el "backbone step <= $ST s (3 side by side) -> $N steps"
+N=$(python3 -c "print(min(${BB_MAX_STEPS:-6000},int(${BB_BUDGET:-230}/$ST)))"); el "backbone step <= $ST s (3 side by side) -> $N steps"
 for v in $V; do BB_SET="--set train.steps=$N" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 & done
 wait; el "backbones done"
 best=a; bestacc=-1
