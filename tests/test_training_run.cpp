@@ -288,3 +288,27 @@ TEST(TrainingRun, AHungRankTimesOutAndAbortsTheJob) {
   const auto out = io::read_file(log);
   EXPECT_NE(out.find("did not finish within 3 s"), std::string::npos) << out;
 }
+
+TEST(TrainingRun, TwoRankResumeIsBitwiseExact) {
+  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string mpi = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 2 --oversubscribe " +
+                          std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") +
+                          " --set data.path=" + d.str("data.bin") +
+                          " --set ssa.window=16 --set ssa.sink=4 --set model.device=cpu --set train.steps=6";
+  // Straight: 6 steps. Interrupted: checkpoint at step 3 only, then resume to 6.
+  ASSERT_EQ(run_cmd(mpi + " --set checkpoint.every=0 --set output.dir=" + d.str("straight")), 0);
+  ASSERT_EQ(run_cmd(mpi + " --set checkpoint.every=3 --set output.dir=" + d.str("resumed")), 0);
+  io::remove_tree((d.path / "resumed" / "checkpoints" / train::checkpoint_name(6)).string());
+  io::remove_tree((d.path / "resumed" / "router.safetensors").string());
+  std::ofstream(d.str("resumed/metrics.jsonl"), std::ios::trunc);  // keep only what the resumed run writes
+  ASSERT_EQ(run_cmd(mpi + " --set checkpoint.every=0 --set output.dir=" + d.str("resumed") + " --resume auto"), 0);
+  auto a = read_metrics(d.str("straight/metrics.jsonl")), b = read_metrics(d.str("resumed/metrics.jsonl"));
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(deterministic(a[i + 3]), deterministic(b[i])) << "step " << i + 4;
+  auto fa = io::SafetensorsFile::open(d.str("straight/router.safetensors"));
+  auto fb = io::SafetensorsFile::open(d.str("resumed/router.safetensors"));
+  for (const auto& t : fa->tensors()) EXPECT_TRUE(torch::equal(fa->get(t.name), fb->get(t.name))) << t.name;
+}
