@@ -203,35 +203,40 @@ TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
   EXPECT_TRUE(torch::allclose(router_tensor(d.str("one"), w), router_tensor(d.str("two"), w), 1e-4, 1e-5));
 }
 
-TEST(TrainingRun, KillingOneRankEndsTheJobAndNamesTheRank) {
-  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
-  TempDir d;
-  tiny_setup(d, 1);
+// A 2-rank training job in the background; `signal_rank1` is sent to rank 1 once it trains.
+// Returns whether mpirun ended within 60 s, and the job's output in *log_text.
+bool job_ends_after_signalling_rank1(const TempDir& d, const std::string& signal, double timeout_s,
+                                     std::string* log_text) {
   const std::string log = d.str("mpirun.log");
   const std::string cmd =
       "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 2 --oversubscribe " +
       std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
       d.str("data.bin") + " --set output.dir=" + d.str("run") +
-      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=20 --set model.device=cpu > " + log + " 2>&1 &";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
-  // Wait for training to run, then kill rank 1.
+      " --set train.steps=100000 --set checkpoint.every=0 --set model.device=cpu --set dist.timeout_s=" +
+      std::to_string(timeout_s) + " > " + log + " 2>&1 &";
+  if (std::system(cmd.c_str()) != 0) return false;
   for (int i = 0; i < 100 && !fs::exists(d.path / "run" / "metrics.jsonl"); ++i) usleep(100000);
   usleep(500000);
   // The ranks' command lines start with the binary (mpirun's with "mpirun", the shell's with "sh").
   const std::string ranks = "pgrep -f '^" + std::string(ELASTIC_BINARY) + " train.*output.dir=" + d.str("run") + "'";
-  ASSERT_EQ(std::system(("kill -KILL $(" + ranks + " | tail -1)").c_str()), 0);
+  EXPECT_EQ(std::system(("kill -" + signal + " $(" + ranks + " | tail -1)").c_str()), 0);
   const auto t0 = std::chrono::steady_clock::now();
   bool ended = false;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
-    if (std::system((ranks + " > /dev/null").c_str()) != 0 &&
-        std::system(("pgrep -f '^mpirun.*output.dir=" + d.str("run") + "' > /dev/null").c_str()) != 0) {
-      ended = true;
-      break;
-    }
-    usleep(200000);
+  while (!ended && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    ended = std::system(("pgrep -f '^mpirun.*output.dir=" + d.str("run") + "' > /dev/null").c_str()) != 0;
+    if (!ended) usleep(200000);
   }
-  EXPECT_TRUE(ended) << "job still running 60 s after a rank was killed";
-  const auto out = io::read_file(log);
+  std::system(("kill -KILL $(" + ranks + ") 2> /dev/null").c_str());  // a frozen rank outlives mpirun
+  *log_text = io::read_file(log);
+  return ended;
+}
+
+TEST(TrainingRun, KillingOneRankEndsTheJobAndNamesTheRank) {
+  if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
+  TempDir d;
+  tiny_setup(d, 1);
+  std::string out;
+  EXPECT_TRUE(job_ends_after_signalling_rank1(d, "KILL", 20, &out)) << "job still running 60 s after a rank was killed";
   EXPECT_NE(out.find("process rank 1"), std::string::npos) << out;
 }
 
@@ -261,31 +266,9 @@ TEST(TrainingRun, AHungRankTimesOutAndAbortsTheJob) {
   if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
   TempDir d;
   tiny_setup(d, 1);
-  const std::string log = d.str("mpirun.log");
-  const std::string cmd =
-      "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 120 mpirun -np 2 --oversubscribe " +
-      std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
-      d.str("data.bin") + " --set output.dir=" + d.str("run") +
-      " --set train.steps=100000 --set checkpoint.every=0 --set dist.timeout_s=3 --set model.device=cpu > " + log +
-      " 2>&1 &";
-  ASSERT_EQ(std::system(cmd.c_str()), 0);
-  for (int i = 0; i < 100 && !fs::exists(d.path / "run" / "metrics.jsonl"); ++i) usleep(100000);
-  usleep(500000);
-  const std::string ranks = "pgrep -f '^" + std::string(ELASTIC_BINARY) + " train.*output.dir=" + d.str("run") + "'";
-  // Freeze rank 1: it stops answering without exiting; rank 0's watchdog must end the job.
-  ASSERT_EQ(std::system(("kill -STOP $(" + ranks + " | tail -1)").c_str()), 0);
-  const auto t0 = std::chrono::steady_clock::now();
-  bool ended = false;
-  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
-    if (std::system(("pgrep -f '^mpirun.*output.dir=" + d.str("run") + "' > /dev/null").c_str()) != 0) {
-      ended = true;
-      break;
-    }
-    usleep(200000);
-  }
-  std::system(("kill -KILL $(" + ranks + ") 2> /dev/null").c_str());
-  EXPECT_TRUE(ended) << "job still running 60 s after a rank hung";
-  const auto out = io::read_file(log);
+  // Rank 1 frozen: it stops answering without exiting; rank 0's watchdog must end the job.
+  std::string out;
+  EXPECT_TRUE(job_ends_after_signalling_rank1(d, "STOP", 3, &out)) << "job still running 60 s after a rank hung";
   EXPECT_NE(out.find("did not finish within 3 s"), std::string::npos) << out;
 }
 
