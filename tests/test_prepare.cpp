@@ -182,6 +182,23 @@ TEST(PrepareRecord, UserTurnJoining) {
 
 // ------------------------------------------------------------ packing, shuffling, shards
 
+// First-fit decreasing written the obvious way: the reference for plan_packs' tree search.
+std::vector<std::vector<size_t>> reference_ffd(const std::vector<uint32_t>& lengths, int64_t budget) {
+  std::vector<size_t> order(lengths.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  std::vector<std::vector<size_t>> packs;
+  std::vector<int64_t> room;
+  for (size_t idx : order) {
+    size_t p = 0;
+    while (p < packs.size() && room[p] < lengths[idx]) ++p;
+    if (p == packs.size()) packs.emplace_back(), room.push_back(budget);
+    packs[p].push_back(idx);
+    room[p] -= lengths[idx];
+  }
+  return packs;
+}
+
 TEST(PreparePack, PlanMatchesPackSamples) {
   uint64_t s = 7;
   for (int trial = 0; trial < 5; ++trial) {
@@ -198,6 +215,7 @@ TEST(PreparePack, PlanMatchesPackSamples) {
       samples.push_back(std::move(x));
     }
     const auto plan = data::plan_packs(lengths, budget);
+    EXPECT_EQ(plan, reference_ffd(lengths, budget));
     const auto packs = data::pack_samples(samples, budget);
     ASSERT_EQ(plan.size(), packs.size());
     size_t placed = 0;

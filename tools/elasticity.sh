@@ -128,22 +128,13 @@ if os.path.exists(rt):
 json.dump(res, open(f"{out}/results.json", "w"), indent=1)
 names = {"full": "full attention", "router": "Elastic router", "fixed": "static retrieval-head mask",
          "streaming": "all streaming"}
-lines = ["| task | " + " | ".join(f"{names[m]} acc / Ω_MSR" for m in methods) + " |",
-         "|---|" + "---|" * len(methods)]
-for t in tasks + ["all"]:
-    cells = []
-    for m in methods:
-        d = ev[m] if t == "all" else ev[m]["tasks"][t]
-        cells.append(f"{d['accuracy']:.3f} / {d['omega_msr']:.3f}")
-    lines.append(f"| {t} | " + " | ".join(cells) + " |")
-lines += ["", "| task | " + " | ".join(f"{names[m]} LM loss / Ω_ESR" for m in methods) + " |",
-          "|---|" + "---|" * len(methods)]
-for t in tasks + ["all"]:
-    cells = []
-    for m in methods:
-        d = ev[m] if t == "all" else ev[m]["tasks"][t]
-        cells.append(f"{d['lm_loss']:.3f} / {d['omega_esr']:.3f}")
-    lines.append(f"| {t} | " + " | ".join(cells) + " |")
+def table(title, a, b):
+    rows = ["| task | " + " | ".join(f"{names[m]} {title}" for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    for t in tasks + ["all"]:
+        cells = [(lambda d: f"{d[a]:.3f} / {d[b]:.3f}")(ev[m] if t == "all" else ev[m]["tasks"][t]) for m in methods]
+        rows.append(f"| {t} | " + " | ".join(cells) + " |")
+    return rows
+lines = table("acc / Ω_MSR", "accuracy", "omega_msr") + [""] + table("LM loss / Ω_ESR", "lm_loss", "omega_esr")
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

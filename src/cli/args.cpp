@@ -81,6 +81,22 @@ double Args::get_double(const std::string& key, double def) const {
   }
 }
 
+std::vector<int64_t> Args::get_int_list(const std::string& key, const std::string& def) const {
+  std::vector<int64_t> out;
+  std::stringstream ss(get(key, def));
+  for (std::string item; std::getline(ss, item, ',');) {
+    try {
+      size_t pos = 0;
+      out.push_back(std::stoll(item, &pos));
+      ELASTIC_CHECK(pos == item.size(), "");
+    } catch (...) {
+      ELASTIC_FAIL(command_ << ": --" << key << " expects comma-separated integers, got '" << get(key, def) << "'");
+    }
+  }
+  ELASTIC_CHECK(!out.empty(), command_ << ": --" << key << " is empty");
+  return out;
+}
+
 const std::vector<std::string>& Args::all(const std::string& key) const {
   static const std::vector<std::string> none;
   auto it = repeated_.find(key);

@@ -19,6 +19,8 @@ class Args {
   std::string require(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t def) const;
   double get_double(const std::string& key, double def) const;
+  // Comma-separated integers, e.g. --tokens 8192,32768.
+  std::vector<int64_t> get_int_list(const std::string& key, const std::string& def) const;
   const std::vector<std::string>& positional() const { return positional_; }
   const std::vector<std::string>& all(const std::string& key) const;  // repeated options (--set)
 

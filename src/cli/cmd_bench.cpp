@@ -5,6 +5,7 @@
 
 #include "attention/hybrid.h"
 #include "cli/args.h"
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "io/atomic_file.h"
 #include "model/weights.h"
@@ -18,27 +19,6 @@ namespace elastic::cli {
 
 using nlohmann::json;
 
-namespace {
-
-struct Timer {
-  torch::Device dev;
-  template <class F>
-  double median_ms(F&& f, int reps) {
-    std::vector<double> t;
-    f();  // warm-up
-    for (int i = 0; i < reps; ++i) {
-      if (dev.is_cuda()) torch::cuda::synchronize();
-      auto s = std::chrono::steady_clock::now();
-      f();
-      if (dev.is_cuda()) torch::cuda::synchronize();
-      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
-    }
-    std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
-  }
-};
-
-}  // namespace
 
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
@@ -50,7 +30,7 @@ int cmd_bench_train(int argc, char** argv) {
     return 0;
   }
   auto device = model::parse_device(a.get("device", "auto"), "--device");
-  auto dtype = model::parse_dtype(a.get("dtype", device.is_cuda() ? "bfloat16" : "float32"), "--dtype");
+  auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   auto m = model::load_model(a.require("model"), dtype, device);
   const auto& mc = m->config();
   router::RouterOptions ro;
@@ -72,13 +52,10 @@ int cmd_bench_train(int argc, char** argv) {
   json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"params", mc.num_parameters()},
                  {"dtype", c10::toString(dtype)}, {"checkpoint", !a.flag("no-checkpoint")},
                  {"sink", ssa.sink}, {"window", ssa.window}, {"runs", json::array()}};
-  std::vector<int64_t> sizes;
-  std::stringstream ss(a.get("tokens", "32768,65536"));
-  for (std::string t; std::getline(ss, t, ',');) sizes.push_back(std::stoll(t));
+  const auto sizes = a.get_int_list("tokens", "32768,65536");
   const int64_t nsamples = a.get_int("samples", 3);
   for (int64_t T : sizes) {
-    std::vector<int64_t> lengths;
-    for (int64_t b = 0; b < nsamples; ++b) lengths.push_back(T / nsamples + (b < T % nsamples ? 1 : 0));
+    const auto lengths = even_lengths(T, nsamples);
     auto pack = attention::Packing::from_lengths(lengths, device);
     auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
     // Labels on the last 5% of each sample (the answer of an SFT sample).
@@ -156,10 +133,6 @@ int cmd_bench_train(int argc, char** argv) {
   return 0;
 }
 
-}  // namespace elastic::cli
-
-namespace elastic::cli {
-
 int cmd_bench_prefill(int argc, char** argv) {
   Args a("bench-prefill", argc, argv, {"model", "tokens", "omega", "sink", "window", "dtype", "device", "repeat", "out"},
          {"help"});
@@ -171,7 +144,7 @@ int cmd_bench_prefill(int argc, char** argv) {
     return 0;
   }
   auto device = model::parse_device(a.get("device", "auto"), "--device");
-  auto dtype = model::parse_dtype(a.get("dtype", device.is_cuda() ? "bfloat16" : "float32"), "--dtype");
+  auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   auto m = model::load_model(a.require("model"), dtype, device);
   const auto& mc = m->config();
   const double omega = a.get_double("omega", 0.7);
@@ -186,9 +159,7 @@ int cmd_bench_prefill(int argc, char** argv) {
   Timer timer{device};
   json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"omega_msr", double(n_ssa) / (L * H)},
                  {"sink", ssa.sink}, {"window", ssa.window}, {"dtype", c10::toString(dtype)}, {"runs", json::array()}};
-  std::vector<int64_t> sizes;
-  std::stringstream ss(a.get("tokens", "32768,65536,131072"));
-  for (std::string t; std::getline(ss, t, ',');) sizes.push_back(std::stoll(t));
+  const auto sizes = a.get_int_list("tokens", "32768,65536,131072");
   torch::NoGradGuard ng;
   for (int64_t T : sizes) {
     auto pack = attention::Packing::from_lengths({T}, device);

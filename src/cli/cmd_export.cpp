@@ -82,7 +82,7 @@ int cmd_inspect(int argc, char** argv) {
     return 0;
   }
   auto device = model::parse_device(a.get("device", "cpu"), "--device");
-  auto dtype = model::parse_dtype(a.get("dtype", device.is_cuda() ? "bfloat16" : "float32"), "--dtype");
+  auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   const std::string router_dir = a.require("router");
   auto m = model::load_model(a.require("model"), dtype, device);
   auto manifest = train::read_manifest(router_dir, m->config());

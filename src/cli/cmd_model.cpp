@@ -6,6 +6,7 @@
 
 #include "attention/packing.h"
 #include "cli/args.h"
+#include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -146,13 +147,11 @@ int cmd_bench_forward(int argc, char** argv) {
     return 0;
   }
   auto device = model::parse_device(a.get("device", "auto"), "--device");
-  auto dtype = model::parse_dtype(a.get("dtype", device.is_cuda() ? "bfloat16" : "float32"), "--dtype");
-  auto sync = [&] {
-    if (device.is_cuda()) torch::cuda::synchronize();
-  };
+  auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
+  Timer timer{device};
   auto t0 = std::chrono::steady_clock::now();
   auto m = model::load_model(a.require("model"), dtype, device);
-  sync();
+  timer.sync();
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   uint64_t bytes = 0;
   for (const auto& p : m->parameters()) bytes += p.numel() * p.element_size();
@@ -162,30 +161,19 @@ int cmd_bench_forward(int argc, char** argv) {
                            {"load_seconds", load_s},
                            {"load_gb_per_s", bytes / 1e9 / load_s},
                            {"runs", nlohmann::json::array()}};
-  std::vector<int64_t> sizes;
-  std::stringstream ss(a.get("tokens", "8192,32768"));
-  for (std::string tok; std::getline(ss, tok, ',');) sizes.push_back(std::stoll(tok));
+  const auto sizes = a.get_int_list("tokens", "8192,32768");
   const int64_t nsamples = a.get_int("samples", 3), repeat = a.get_int("repeat", 5);
   torch::NoGradGuard ng;
   for (int64_t T : sizes) {
-    std::vector<int64_t> lengths;
-    for (int64_t b = 0; b < nsamples; ++b) lengths.push_back(T / nsamples + (b < T % nsamples ? 1 : 0));
+    const auto lengths = even_lengths(T, nsamples);
     auto pack = attention::Packing::from_lengths(lengths, device);
     auto ids = torch::randint(m->config().vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64)).to(device);
-    std::vector<double> times;
-    for (int64_t r = 0; r < repeat + 1; ++r) {
+    const double med = timer.median_ms([&] {
       model::ForwardContext ctx;
       ctx.pack = &pack;
-      sync();
-      auto s = std::chrono::steady_clock::now();
       auto h = m->forward_hidden(ids, ctx);
-      auto last = h.index_select(0, (pack.cu_i32.narrow(0, 1, nsamples).to(torch::kInt64) - 1));
-      auto logits = m->logits(last);
-      sync();
-      if (r > 0) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - s).count());
-    }
-    std::sort(times.begin(), times.end());
-    const double med = times[times.size() / 2];
+      m->logits(h.index_select(0, pack.cu_i32.narrow(0, 1, nsamples).to(torch::kInt64) - 1));
+    }, static_cast<int>(repeat)) / 1e3;
     // Forward FLOPs: 2 * params * tokens for the linears plus causal attention 2*n^2*d*Hq per sample.
     double flops = 2.0 * static_cast<double>(m->config().num_parameters() - m->config().vocab_size * m->config().hidden_size) * T;
     for (auto n : lengths) flops += 2.0 * n * n * m->config().head_dim * m->config().num_heads * m->config().num_layers;

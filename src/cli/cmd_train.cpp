@@ -108,8 +108,7 @@ int cmd_eval(int argc, char** argv) {
   apply_log_level(cfg.log_level);
   auto routing = train::parse_eval_routing(a.get("routing", "router"));
   auto device = model::parse_device(cfg.model_device, "model.device");
-  auto dtype = cfg.model_dtype == "auto" ? (device.is_cuda() ? torch::kBFloat16 : torch::kFloat32)
-                                         : model::parse_dtype(cfg.model_dtype, "model.dtype");
+  auto dtype = model::resolve_dtype(cfg.model_dtype, device, "model.dtype");
   auto m = model::load_model(cfg.model_path, dtype, device);
   train::EvalOptions opt;
   opt.routing = routing;

@@ -190,45 +190,58 @@ Pack Dataset::pack(size_t i) const {
   return out;
 }
 
-std::vector<Pack> pack_samples(const std::vector<Sample>& samples, int64_t budget, int64_t* dropped) {
-  std::vector<size_t> order(samples.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return samples[a].tokens.size() > samples[b].tokens.size(); });
-  std::vector<Pack> packs;
-  std::vector<int64_t> room;
-  int64_t drop = 0;
+std::vector<std::vector<size_t>> plan_packs(const std::vector<uint32_t>& lengths, int64_t budget) {
+  const size_t n = lengths.size();
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
+  // Max-tree over the room of packs 0..cap-1; packs not opened yet have the whole budget, and they
+  // all come after the opened ones, so the leftmost leaf with room is exactly first fit.
+  size_t cap = 1;
+  while (cap < std::max<size_t>(n, 1)) cap <<= 1;
+  std::vector<int64_t> tree(2 * cap, budget);
+  std::vector<std::vector<size_t>> packs;
   for (size_t idx : order) {
-    const auto& s = samples[idx];
-    const int64_t n = static_cast<int64_t>(s.tokens.size());
-    if (n == 0 || n > budget) {
-      ++drop;
-      continue;
-    }
-    size_t target = packs.size();
-    for (size_t p = 0; p < packs.size(); ++p) {
-      if (room[p] >= n) {
-        target = p;
-        break;
-      }
-    }
-    if (target == packs.size()) {
-      packs.emplace_back();
-      room.push_back(budget);
-    }
-    auto& pk = packs[target];
-    SampleMeta m;
-    m.offset = static_cast<uint32_t>(pk.tokens.size());
-    m.length = static_cast<uint32_t>(n);
-    m.prompt_begin = s.prompt_begin;
-    m.prompt_end = s.prompt_end;
-    m.task = s.task;
-    pk.tokens.insert(pk.tokens.end(), s.tokens.begin(), s.tokens.end());
-    pk.labels.insert(pk.labels.end(), s.labels.begin(), s.labels.end());
-    pk.samples.push_back(m);
-    room[target] -= n;
+    const int64_t len = lengths[idx];
+    ELASTIC_CHECK(len >= 1 && len <= budget, "plan_packs: sample of " << len << " tokens for a budget of " << budget);
+    size_t node = 1;
+    while (node < cap) node = tree[2 * node] >= len ? 2 * node : 2 * node + 1;
+    const size_t p = node - cap;
+    if (p == packs.size()) packs.emplace_back();
+    packs[p].push_back(idx);
+    tree[node] -= len;
+    for (node >>= 1; node; node >>= 1) tree[node] = std::max(tree[2 * node], tree[2 * node + 1]);
   }
-  if (dropped) *dropped = drop;
+  return packs;
+}
+
+void append_sample(Pack& pk, const Sample& s) {
+  SampleMeta m;
+  m.offset = static_cast<uint32_t>(pk.tokens.size());
+  m.length = static_cast<uint32_t>(s.tokens.size());
+  m.prompt_begin = s.prompt_begin;
+  m.prompt_end = s.prompt_end;
+  m.task = s.task;
+  pk.tokens.insert(pk.tokens.end(), s.tokens.begin(), s.tokens.end());
+  pk.labels.insert(pk.labels.end(), s.labels.begin(), s.labels.end());
+  pk.samples.push_back(m);
+}
+
+std::vector<Pack> pack_samples(const std::vector<Sample>& samples, int64_t budget, int64_t* dropped) {
+  std::vector<size_t> kept;
+  std::vector<uint32_t> lengths;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    const int64_t n = static_cast<int64_t>(samples[i].tokens.size());
+    if (n == 0 || n > budget) continue;
+    kept.push_back(i);
+    lengths.push_back(static_cast<uint32_t>(n));
+  }
+  if (dropped) *dropped = static_cast<int64_t>(samples.size() - kept.size());
+  std::vector<Pack> packs;
+  for (const auto& plan : plan_packs(lengths, budget)) {
+    packs.emplace_back();
+    for (size_t k : plan) append_sample(packs.back(), samples[kept[k]]);
+  }
   return packs;
 }
 

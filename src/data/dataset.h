@@ -74,8 +74,16 @@ class Dataset {
   std::vector<uint64_t> offsets_;
 };
 
-// Packs samples into packs of at most `budget` tokens, first-fit decreasing.
-// Samples longer than the budget are dropped (counted in *dropped).
+// First-fit decreasing: stable sort by length, longest first; each sample goes to the first pack
+// with room (found in O(log packs)). Returns, per pack, the indices of its samples in placement
+// order. Lengths must be in [1, budget].
+std::vector<std::vector<size_t>> plan_packs(const std::vector<uint32_t>& lengths, int64_t budget);
+
+// Appends a sample at the end of a pack (tokens, labels and its metadata).
+void append_sample(Pack& pack, const Sample& sample);
+
+// Packs samples into packs of at most `budget` tokens with plan_packs. Empty samples and samples
+// longer than the budget are dropped (counted in *dropped).
 std::vector<Pack> pack_samples(const std::vector<Sample>& samples, int64_t budget, int64_t* dropped = nullptr);
 
 uint64_t fnv1a64(const void* data, size_t n, uint64_t h = 1469598103934665603ull);

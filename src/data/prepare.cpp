@@ -254,31 +254,6 @@ Sample SampleBuilder::build(const std::string& user, const std::string& answer, 
 
 // ---------------------------------------------------------------- packing
 
-std::vector<std::vector<size_t>> plan_packs(const std::vector<uint32_t>& lengths, int64_t budget) {
-  const size_t n = lengths.size();
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return lengths[a] > lengths[b]; });
-  // Max-tree over the room of packs 0..cap-1; packs not opened yet have the whole budget, and they
-  // all come after the opened ones, so the leftmost leaf with room is exactly first fit.
-  size_t cap = 1;
-  while (cap < std::max<size_t>(n, 1)) cap <<= 1;
-  std::vector<int64_t> tree(2 * cap, budget);
-  std::vector<std::vector<size_t>> packs;
-  for (size_t idx : order) {
-    const int64_t len = lengths[idx];
-    ELASTIC_CHECK(len >= 1 && len <= budget, "plan_packs: sample of " << len << " tokens for a budget of " << budget);
-    size_t node = 1;
-    while (node < cap) node = tree[2 * node] >= len ? 2 * node : 2 * node + 1;
-    const size_t p = node - cap;
-    if (p == packs.size()) packs.emplace_back();
-    packs[p].push_back(idx);
-    tree[node] -= len;
-    for (node >>= 1; node; node >>= 1) tree[node] = std::max(tree[2 * node], tree[2 * node + 1]);
-  }
-  return packs;
-}
-
 void shuffle_indices(std::vector<size_t>& v, uint64_t seed) {
   uint64_t s = seed;
   for (size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[splitmix64(s) % i]);
@@ -642,15 +617,7 @@ PrepareReport prepare_dataset(const PrepareOptions& o) {
     Pack pk;
     for (size_t idx : plan[pack_order[k]]) {
       Sample& s = samples[idx];
-      SampleMeta m;
-      m.offset = static_cast<uint32_t>(pk.tokens.size());
-      m.length = static_cast<uint32_t>(s.tokens.size());
-      m.prompt_begin = s.prompt_begin;
-      m.prompt_end = s.prompt_end;
-      m.task = s.task;
-      pk.tokens.insert(pk.tokens.end(), s.tokens.begin(), s.tokens.end());
-      pk.labels.insert(pk.labels.end(), s.labels.begin(), s.labels.end());
-      pk.samples.push_back(m);
+      append_sample(pk, s);
       std::vector<int32_t>().swap(s.tokens);  // release as we go
       std::vector<uint8_t>().swap(s.labels);
     }

@@ -75,12 +75,7 @@ class SampleBuilder {
   text::ChatFormatter fmt_;
 };
 
-// ---- packing ----
-// First-fit decreasing, the same assignment as data::pack_samples (stable sort by length, longest
-// first; each sample goes to the first pack with room, in O(log packs)). Returns, per pack, the
-// indices of its samples in placement order. Lengths must be in [1, budget].
-std::vector<std::vector<size_t>> plan_packs(const std::vector<uint32_t>& lengths, int64_t budget);
-
+// ---- packing (first-fit decreasing: data::plan_packs in data/dataset.h) ----
 // Deterministic Fisher-Yates shuffle (splitmix64 stream), identical on every platform.
 void shuffle_indices(std::vector<size_t>& v, uint64_t seed);
 

@@ -20,7 +20,12 @@ torch::ScalarType parse_dtype(const std::string& name, const std::string& key) {
   if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;
   if (name == "float16" || name == "fp16") return torch::kFloat16;
   if (name == "float64" || name == "fp64") return torch::kFloat64;
-  ELASTIC_FAIL(key << ": unknown dtype '" << name << "' (expected float32, bfloat16, float16 or float64)");
+  ELASTIC_FAIL(key << ": unknown dtype '" << name << "' (expected auto, float32, bfloat16, float16 or float64)");
+}
+
+torch::ScalarType resolve_dtype(const std::string& name, torch::Device device, const std::string& key) {
+  if (name == "auto") return device.is_cuda() ? torch::kBFloat16 : torch::kFloat32;
+  return parse_dtype(name, key);
 }
 
 torch::Device parse_device(const std::string& name, const std::string& key) {

@@ -29,6 +29,8 @@ void save_model(const CausalLM& model, const std::string& dir, uint64_t max_shar
 std::string weights_fingerprint(const std::string& dir);
 
 torch::ScalarType parse_dtype(const std::string& name, const std::string& key);
+// As parse_dtype, and "auto": bfloat16 on CUDA, float32 on the CPU.
+torch::ScalarType resolve_dtype(const std::string& name, torch::Device device, const std::string& key);
 torch::Device parse_device(const std::string& name, const std::string& key);
 
 }  // namespace elastic::model

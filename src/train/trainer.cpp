@@ -72,8 +72,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   log::set_rank(comm_->rank());
   // fp32 weights on a GPU: TF32 tensor cores for the matmuls (attention runs bf16 flash).
   if (device_.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
-  dtype_ = cfg.model_dtype == "auto" ? (device_.is_cuda() ? torch::kBFloat16 : torch::kFloat32)
-                                     : model::parse_dtype(cfg.model_dtype, "model.dtype");
+  dtype_ = model::resolve_dtype(cfg.model_dtype, device_, "model.dtype");
   auto ds = data::Dataset::open(cfg.data_path);
   model_ = model::load_model(cfg.model_path, dtype_, device_);
   ELASTIC_CHECK(ds->header().vocab_size <= model_->config().vocab_size,

@@ -1,0 +1,41 @@
+// Shared by the bench-* subcommands: median timing with device synchronisation, and packs
+// split evenly into samples.
+#pragma once
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+namespace elastic::cli {
+
+struct Timer {
+  torch::Device dev;
+  void sync() const {
+    if (dev.is_cuda()) torch::cuda::synchronize();
+  }
+  // Median wall time of `reps` runs of f after one warm-up run, in milliseconds.
+  template <class F>
+  double median_ms(F&& f, int reps) const {
+    std::vector<double> t;
+    f();
+    for (int i = 0; i < reps; ++i) {
+      sync();
+      auto s = std::chrono::steady_clock::now();
+      f();
+      sync();
+      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  }
+};
+
+// `tokens` split into `samples` lengths that differ by at most one.
+inline std::vector<int64_t> even_lengths(int64_t tokens, int64_t samples) {
+  std::vector<int64_t> out;
+  for (int64_t b = 0; b < samples; ++b) out.push_back(tokens / samples + (b < tokens % samples ? 1 : 0));
+  return out;
+}
+
+}  // namespace elastic::cli
