@@ -17,26 +17,82 @@ namespace fs = std::filesystem;
 using elastic::testing::TempDir;
 using namespace elastic;
 
-TEST(HeadScores, NeedlePositionsOfRetrievalAndMultihop) {
+TEST(Synthetic, RetrievalLayoutHasOneQueriedKeyAndItsValueAsAnswer) {
+  data::SyntheticOptions o;
+  o.vocab = 256;
+  o.answer_len = 3;
+  o.pairs = 4;
+  const auto r = data::token_ranges(o.vocab);
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    for (auto task : {data::SyntheticTask::retrieval, data::SyntheticTask::multihop}) {
+      const int64_t len = 120 + static_cast<int64_t>(seed);
+      auto s = data::make_synthetic_sample(task, len, o, seed);
+      ASSERT_EQ(static_cast<int64_t>(s.tokens.size()), len);
+      const int64_t pe = s.prompt_end;
+      std::vector<int32_t> t(s.tokens.begin(), s.tokens.end());
+      ASSERT_EQ(t[pe - 2], data::kAnswer);
+      // Follow the chain by hand: each key starts exactly one pair (KEY k ..) and filler never holds it.
+      int32_t key = t[pe - 1];
+      ASSERT_GE(key, r.key_begin);
+      ASSERT_LT(key, r.value_begin);
+      int hops = 0;
+      for (;;) {
+        int found = 0;
+        int64_t at = -1;
+        for (int64_t p = 0; p < pe - 2; ++p) {
+          if (t[p] == key && p > 0 && t[p - 1] == data::kKey) {
+            ++found;
+            at = p;
+          }
+        }
+        ASSERT_EQ(found, 1) << "key " << key << " seed " << seed;
+        if (t[at + 1] >= r.key_begin && t[at + 1] < r.value_begin) {
+          key = t[at + 1];
+          ++hops;
+          continue;
+        }
+        for (int64_t a = 0; a < o.answer_len; ++a) EXPECT_EQ(t[at + 1 + a], t[pe + a]);
+        break;
+      }
+      EXPECT_EQ(hops, task == data::SyntheticTask::multihop ? 1 : 0);
+      EXPECT_EQ(t.back(), data::kEos);
+      // Key and value tokens occur only inside the planted pairs and the question.
+      int64_t markers = 0, planted = 0;
+      for (int64_t p = 0; p < pe - 1; ++p) {
+        markers += t[p] == data::kKey;
+        planted += t[p] >= r.key_begin && t[p] < r.filler_begin;
+      }
+      EXPECT_EQ(markers, o.pairs);
+      EXPECT_EQ(planted, task == data::SyntheticTask::retrieval ? o.pairs * (1 + o.answer_len)
+                                                                : (o.pairs - 1) * (1 + o.answer_len) + 2);
+    }
+  }
+}
+
+TEST(HeadScores, NeedlePositionsFollowTheQueriedKey) {
   data::SyntheticOptions o;
   o.answer_len = 3;
   o.far_fraction = 0.5;
   for (auto task : {data::SyntheticTask::retrieval, data::SyntheticTask::multihop}) {
     auto s = data::make_synthetic_sample(task, 200, o, 7);
     std::vector<int64_t> tok(s.tokens.begin(), s.tokens.end());
-    auto needle = train::needle_positions(tok, s.prompt_end, o.answer_len);
-    const size_t blocks = task == data::SyntheticTask::retrieval ? 1 : 2;
-    ASSERT_EQ(needle.size(), blocks * (2 * o.answer_len + 2));
-    int64_t keys = 0, vals = 0;
+    const int64_t pe = s.prompt_end;
+    auto needle = train::needle_positions(tok, pe, o.answer_len);
+    // retrieval: KEY k v1 v2 v3; multihop: KEY k' k and KEY k v1 v2 v3.
+    const size_t want = task == data::SyntheticTask::retrieval ? 5 : 3 + 5;
+    ASSERT_EQ(needle.size(), want);
+    int64_t keys = 0, answer_values = 0;
     for (auto p : needle) {
       keys += tok[p] == data::kKey;
-      vals += tok[p] == data::kVal;
-      EXPECT_LT(p, static_cast<int64_t>(s.prompt_end));
+      for (int64_t a = 0; a < o.answer_len; ++a) answer_values += tok[p] == tok[pe + a];
+      EXPECT_LT(p, pe - 2);
     }
-    EXPECT_EQ(keys, static_cast<int64_t>(blocks));
-    EXPECT_EQ(vals, static_cast<int64_t>(blocks));
+    EXPECT_EQ(keys, task == data::SyntheticTask::retrieval ? 1 : 2);
+    EXPECT_EQ(answer_values, o.answer_len);
+    // The planted needle sits in the first far_fraction of the context.
+    EXPECT_LT(needle.front(), pe / 2 + 20);
   }
-  // Recent copy has no KEY block: no needle.
+  // Recent copy has no queried key: no needle.
   auto s = data::make_synthetic_sample(data::SyntheticTask::recent_copy, 200, o, 7);
   std::vector<int64_t> tok(s.tokens.begin(), s.tokens.end());
   EXPECT_TRUE(train::needle_positions(tok, s.prompt_end, o.answer_len).empty());

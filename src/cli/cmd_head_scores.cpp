@@ -26,7 +26,7 @@ int cmd_head_scores(int argc, char** argv) {
   if (a.flag("help") || a.positional().size() != 1) {
     std::cout << "elastic head-scores RUN_OR_MODEL --data D [--omega 0.7] [--out mask.csv] [--scores-out scores.csv]\n"
                  "  [--tasks retrieval[,multihop]] [--max-packs N] [--max-samples N] [--device auto|cpu|cuda] [--dtype float32]\n"
-                 "Scores each (layer, KV head) by the attention mass its answer rows put on the planted KEY/VAL\n"
+                 "Scores each (layer, KV head) by the attention mass its answer rows put on the planted KEY k v..\n"
                  "needle of retrieval samples (full attention, averaged over samples and the query heads of the\n"
                  "group) and writes the static mask keeping the top round((1 - omega) * L * Hkv) heads as full\n"
                  "attention (1 = FA), for `elastic eval RUN --routing fixed --mask mask.csv`.\n"

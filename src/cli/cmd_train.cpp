@@ -96,14 +96,20 @@ int cmd_eval(int argc, char** argv) {
     std::cout << "elastic eval RUN_DIR [--data PATH] [--routing router|full|streaming|fixed --mask MASK.csv]\n"
                  "  [--model DIR] [--out DIR] [--max-packs N] [--set key=value]\n"
                  "Hard routing (argmax) with the run's router; writes eval.json, fa_frequency.csv and\n"
-                 "fa_heatmap.svg to --out (default RUN_DIR/eval).\n";
+                 "fa_heatmap.svg to --out (default RUN_DIR/eval). The model is --model, else the run's trained\n"
+                 "backbone RUN_DIR/model when the run trained one, else the run's model.path.\n";
     return a.flag("help") ? 0 : 2;
   }
   const std::string run = a.positional()[0];
   const auto cfg_path = (fs::path(run) / "config.yaml").string();
   std::vector<std::string> overrides = a.all("set");
   if (a.has("data")) overrides.push_back("data.path=" + a.get("data", ""));
-  if (a.has("model")) overrides.push_back("model.path=" + a.get("model", ""));
+  if (a.has("model")) {
+    overrides.push_back("model.path=" + a.get("model", ""));
+  } else if (fs::exists(fs::path(run) / "model" / "config.json")) {
+    // A run that trained backbone weights is evaluated with them, not with its starting point.
+    overrides.push_back("model.path=" + (fs::path(run) / "model").string());
+  }
   auto cfg = train::load_config(cfg_path, overrides);
   apply_log_level(cfg.log_level);
   auto routing = train::parse_eval_routing(a.get("routing", "router"));
@@ -155,12 +161,13 @@ int cmd_eval(int argc, char** argv) {
 
 int cmd_make_synthetic_data(int argc, char** argv) {
   Args a("make-synthetic-data", argc, argv,
-         {"out", "vocab", "samples", "min-len", "max-len", "answer-len", "pack-tokens", "tasks", "far-fraction", "seed"},
+         {"out", "vocab", "samples", "min-len", "max-len", "answer-len", "pack-tokens", "tasks", "far-fraction", "pairs", "seed"},
          {"help", "label-all"});
   if (a.flag("help")) {
     std::cout << "elastic make-synthetic-data --out FILE [--vocab 512 --samples 64 --min-len 128 --max-len 512\n"
                  "  --answer-len 4 --pack-tokens 2048 --tasks retrieval,multihop,recent_copy,pattern,instruction\n"
-                 "  --far-fraction 0.5 --seed 0 --label-all]\n"
+                 "  --far-fraction 0.5 --pairs 4 --seed 0 --label-all]\n"
+                 "--pairs: key-value pairs in a retrieval/multihop context (needles + distractors).\n"
                  "--label-all labels every token (dense LM signal for training a backbone), not just answers.\n";
     return 0;
   }
@@ -171,6 +178,7 @@ int cmd_make_synthetic_data(int argc, char** argv) {
   o.max_len = a.get_int("max-len", 512);
   o.answer_len = a.get_int("answer-len", 4);
   o.far_fraction = a.get_double("far-fraction", 0.5);
+  o.pairs = a.get_int("pairs", 4);
   o.seed = static_cast<uint64_t>(a.get_int("seed", 0));
   o.label_all = a.flag("label-all");
   if (a.has("tasks")) {

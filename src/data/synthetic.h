@@ -10,12 +10,23 @@
 
 namespace elastic::data {
 
-// Reserved token ids; content tokens are drawn from [kFirstContent, vocab).
+// Reserved token ids; content tokens come from [kFirstContent, vocab), split by token_ranges().
 enum SyntheticToken : int32_t { kPad = 0, kBos = 1, kEos = 2, kKey = 3, kVal = 4, kQuery = 5, kAnswer = 6, kFirstContent = 16 };
 
+// Disjoint ranges of content tokens: keys [key_begin, value_begin), values [value_begin,
+// filler_begin), filler [filler_begin, vocab). Filler never contains a key or a value, so a
+// question's key occurs exactly once in the context.
+struct TokenRanges {
+  int32_t key_begin, value_begin, filler_begin, vocab;
+};
+TokenRanges token_ranges(int64_t vocab);
+
+// Layout of the retrieval tasks: the context holds `pairs` pairs `KEY k v_1..v_A` (distractors
+// included); the question block is `QUERY <A-1 filler> ANSWER k` and the answer v_1..v_A, EOS
+// follows the key, as in associative recall.
 enum class SyntheticTask : int32_t {
-  retrieval = 0,   // single_qa: the value of a key planted anywhere in the context (sensitive)
-  multihop = 1,    // multihop_qa: key -> value -> value, both pairs planted far apart (sensitive)
+  retrieval = 0,   // single_qa: the value of the queried key, planted far back among distractors (sensitive)
+  multihop = 1,    // multihop_qa: KEY k' k then KEY k v..: the question gives k' (sensitive)
   recent_copy = 2, // summarization slot: repeat the tokens just before the question (robust)
   pattern = 3,     // code slot: continue a periodic pattern of the recent text (robust)
   instruction = 4, // icl slot: answer the token given right after BOS (robust with a sink)
@@ -31,6 +42,8 @@ struct SyntheticOptions {
                                       SyntheticTask::pattern, SyntheticTask::instruction};
   // Keys for the sensitive tasks are planted in the first `far_fraction` of the context.
   double far_fraction = 0.5;
+  // Key-value pairs in a retrieval / multihop context (the needles plus distractors), >= 2.
+  int64_t pairs = 4;
   uint64_t seed = 0;
   // Label every token after BOS, not just the answer: a dense LM signal for training a backbone
   // from scratch (copying and induction form much sooner). Keep answer-only labels for routers/eval.

@@ -14,13 +14,24 @@ namespace elastic::train {
 std::vector<int64_t> needle_positions(const std::vector<int64_t>& tokens, int64_t prompt_end, int64_t answer_len) {
   std::vector<int64_t> out;
   const int64_t n = std::min<int64_t>(prompt_end, static_cast<int64_t>(tokens.size()));
-  for (int64_t p = 0; p < n; ++p) {
-    if (tokens[p] != data::kKey) continue;
-    // KEY k_1..k_A VAL v_1..v_A; the instruction task has KEY without VAL: then only KEY + A tokens.
-    const int64_t val = p + 1 + answer_len;
-    const bool has_val = val < n && tokens[val] == data::kVal;
-    const int64_t end = has_val ? std::min(n, val + 1 + answer_len) : std::min(n, p + 1 + answer_len);
+  if (n < 2 || tokens[n - 2] != data::kAnswer) return out;
+  // The question ends with its key; follow KEY k v.. pairs from it while a value is itself a key
+  // (multihop). A pair whose key never starts another pair ends the chain with answer_len values.
+  auto pair_of = [&](int64_t key) {
+    for (int64_t p = 0; p + 1 < n - 2; ++p)
+      if (tokens[p] == data::kKey && tokens[p + 1] == key) return p;
+    return int64_t{-1};
+  };
+  int64_t key = tokens[n - 1];
+  for (int64_t hops = 0; hops < 8; ++hops) {
+    const int64_t p = pair_of(key);
+    if (p < 0) break;
+    const int64_t next = p + 2 < n ? tokens[p + 2] : -1;
+    const bool hop = next >= 0 && pair_of(next) >= 0;
+    const int64_t end = std::min(n - 2, p + 2 + (hop ? 1 : answer_len));
     for (int64_t j = p; j < end; ++j) out.push_back(j);
+    if (!hop) break;
+    key = next;
   }
   std::sort(out.begin(), out.end());
   out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -103,7 +114,7 @@ HeadScoreResult compute_head_scores(model::CausalLM& m, const data::Dataset& ds,
     progress.update(i + 1, "");
   }
   progress.finish("");
-  ELASTIC_CHECK(r.samples > 0, "head scores: no sample of the selected tasks with a KEY/VAL needle in the dataset");
+  ELASTIC_CHECK(r.samples > 0, "head scores: no sample of the selected tasks with a KEY k v.. needle in the dataset");
   r.scores = sum / static_cast<double>(r.samples);
   return r;
 }

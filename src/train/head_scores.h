@@ -1,6 +1,6 @@
 // Retrieval head scores (DuoAttention / PruLong-style static masks, paper Appendix C): for
 // every (layer, KV head), the attention mass that the answer rows of retrieval samples put on
-// the planted needle (the KEY/VAL block), averaged over samples and over the query heads of
+// the planted needle (the queried KEY k v.. pairs), averaged over samples and over the query heads of
 // the GQA group. The top heads become full-attention heads of a static mask.
 #pragma once
 #include <torch/torch.h>
@@ -25,8 +25,8 @@ struct HeadScoreResult {
   int64_t rows = 0;      // answer rows scored
 };
 
-// Needle positions of one sample (positions inside the sample): every KEY marker of the prompt
-// with its answer_len key tokens, the VAL marker and its answer_len value tokens.
+// Needle positions of one sample (positions inside the sample): the KEY k v.. pair of the key that
+// ends the question, and for multihop every pair on the chain from it (data/synthetic.h layout).
 std::vector<int64_t> needle_positions(const std::vector<int64_t>& tokens, int64_t prompt_end, int64_t answer_len);
 
 // Attention probabilities of the given query rows over keys 0..row (causal, one sample), summed
