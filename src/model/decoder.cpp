@@ -111,7 +111,17 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       torch::NoGradGuard ng;
       out = layer->forward_with(x, *ctx, s.numel() > 0 ? s : torch::Tensor());
     }
-    actx->save_for_backward({x, s});
+    if (ctx->offload_checkpoints && x.is_cuda()) {
+      // Same-stream copies: the device-to-host copy is ordered before any reuse of x's memory,
+      // and the host-to-device copy in the backward after it.
+      auto host = torch::empty(x.sizes(), x.options().device(torch::kCPU).pinned_memory(true));
+      host.copy_(x, /*non_blocking=*/true);
+      actx->saved_data["x_host"] = host;
+      actx->saved_data["x_device"] = static_cast<int64_t>(x.device().index());
+      actx->save_for_backward({torch::Tensor(), s});
+    } else {
+      actx->save_for_backward({x, s});
+    }
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     actx->saved_data["ctx"] = reinterpret_cast<int64_t>(ctx);
     return {out};
@@ -121,7 +131,15 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     auto saved = actx->get_saved_variables();
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
     auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
-    auto x = saved[0].detach().requires_grad_(actx->needs_input_grad(0));
+    torch::Tensor x;
+    if (actx->saved_data.count("x_host")) {
+      const auto dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(actx->saved_data["x_device"].toInt()));
+      x = actx->saved_data["x_host"].toTensor().to(dev, /*non_blocking=*/true);
+      actx->saved_data.erase("x_host");
+    } else {
+      x = saved[0].detach();
+    }
+    x.requires_grad_(actx->needs_input_grad(0));
     torch::Tensor s;
     if (saved[1].numel() > 0) s = saved[1].detach().requires_grad_(actx->needs_input_grad(1));
     torch::Tensor out;

@@ -31,6 +31,9 @@ struct ForwardContext {
 
   // Recompute each decoder layer in the backward instead of keeping its activations.
   bool checkpoint = false;
+  // With checkpointing on a GPU: keep each layer's saved input in pinned host memory instead of
+  // GPU memory (the largest activation term at long packs: layers x tokens x hidden).
+  bool offload_checkpoints = false;
 
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;

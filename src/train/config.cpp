@@ -119,6 +119,7 @@ const std::vector<Field>& fields() {
       field("train.backbone_lr", &C::train_backbone_lr, "a number", in_range(0, 10)),
       field("train.logits_chunk", &C::train_logits_chunk, "an integer", at_least(1)),
       field("train.checkpoint", &C::train_checkpoint, "true or false"),
+      field("train.offload_checkpoints", &C::train_offload_checkpoints, "true or false"),
       field("train.max_nonfinite_steps", &C::train_max_nonfinite_steps, "an integer", at_least(1)),
       field("train.resume", &C::train_resume, "'auto' or a checkpoint directory"),
       field("checkpoint.every", &C::checkpoint_every, "an integer", at_least(0)),

@@ -58,6 +58,7 @@ struct TrainConfig {
   double train_backbone_lr = 1e-3;           // lr of unfrozen backbone parameters
   int64_t train_logits_chunk = 4096;         // labelled rows per logits chunk
   bool train_checkpoint = true;              // recompute decoder layers in the backward
+  bool train_offload_checkpoints = false;    // keep checkpointed layer inputs in pinned host memory
   int64_t train_max_nonfinite_steps = 3;     // consecutive skipped steps before training stops
   std::string train_resume;                  // "", "auto" (newest checkpoint in output.dir) or a checkpoint dir
   // checkpoints (under output.dir/checkpoints)

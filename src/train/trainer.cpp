@@ -195,6 +195,7 @@ json Trainer::step() {
     ctx.gen = &gen;
     ctx.mode = routing ? model::RoutingMode::train : model::RoutingMode::off;
     ctx.checkpoint = cfg_.train_checkpoint;
+    ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);

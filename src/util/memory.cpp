@@ -26,4 +26,12 @@ void reset_peak_memory(torch::Device device) {
 #endif
 }
 
+void release_cached_memory(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();
+#else
+  (void)device;
+#endif
+}
+
 }  // namespace elastic
