@@ -1,4 +1,5 @@
-// Flash (CUDA, bf16) attention against the exact blocked path in fp64. Skipped without a GPU.
+// GPU attention in bf16 (full causal on flash and on cuDNN, streaming on flash) against the
+// exact blocked path in fp64. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include "attention/attention.h"
@@ -21,10 +22,20 @@ Inputs make(int64_t T, int64_t hq, int64_t hkv, int64_t d) {
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(t.requires_grad()); }
 
+// Each test runs once per full-attention backend; the default is restored afterwards.
+class AttentionGpu : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+    set_full_attention_backend(GetParam());
+  }
+  void TearDown() override { set_full_attention_backend(saved_); }
+  std::string saved_ = full_attention_backend();
+};
+
 }  // namespace
 
-TEST(AttentionGpu, FlashMatchesExactForwardAndBackward) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+TEST_P(AttentionGpu, MatchesExactForwardAndBackward) {
   torch::manual_seed(0);
   const std::vector<int64_t> lengths = {300, 17, 1029, 2100};
   for (MaskSpec mask : {MaskSpec::causal(), MaskSpec::streaming(4, 32), MaskSpec::streaming(128, 256),
@@ -46,8 +57,7 @@ TEST(AttentionGpu, FlashMatchesExactForwardAndBackward) {
   }
 }
 
-TEST(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
   torch::manual_seed(1);
   auto pack = Packing::from_lengths({700, 64, 1500}, torch::kCUDA);
   auto in = make(pack.tokens(), 8, 4, 128);
@@ -72,3 +82,6 @@ TEST(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
   const char* names[] = {"out", "dq", "dk", "dv", "ds"};
   for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 2e-2) << names[i];
 }
+
+INSTANTIATE_TEST_SUITE_P(FullAttentionBackend, AttentionGpu, ::testing::Values("flash", "cudnn"),
+                         [](const auto& info) { return info.param; });

@@ -10,6 +10,7 @@ namespace elastic::attention {
 namespace {
 
 std::atomic<bool> g_force_blocked{false};
+std::atomic<bool> g_cudnn_full{false};
 // Query rows per block: small on the CPU (cache), large on GPUs (fewer launches).
 int64_t block_rows(const torch::Tensor& q) { return q.is_cuda() ? 1024 : 128; }
 
@@ -244,6 +245,87 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
   return f;
 }
 
+// ---- cuDNN (CUDA, fp16/bf16): full causal attention only ----
+// cuDNN's fused attention is the fastest causal kernel LibTorch ships for Hopper; it has no
+// local window, so streaming attention stays on flash. Its log-sum-exp layout is recorded at the
+// first call and converted to and from ours ([Hq, T]) at the boundary.
+
+// Each dimension of cuDNN's log-sum-exp: 'T' tokens, 'H' query heads or '1'.
+std::string g_cudnn_lse_dims;
+std::atomic<bool> g_cudnn_expand_kv{false};
+
+torch::Tensor lse_from_cudnn(const torch::Tensor& l, int64_t T, int64_t Hq) {
+  ELASTIC_CHECK(l.numel() == T * Hq, "cuDNN attention: log-sum-exp " << l.sizes() << " is not [" << Hq << ", " << T
+                                                                       << "] in any order (padded varlen layout?)");
+  std::string dims;
+  bool seen_t = false;
+  for (auto s : l.sizes()) {
+    // With T == Hq the first non-unit dimension is taken as tokens.
+    if (s == T && !seen_t && (s != Hq || dims.find('H') == std::string::npos)) {
+      dims += 'T';
+      seen_t = true;
+    } else {
+      dims += s == Hq ? 'H' : '1';
+    }
+  }
+  ELASTIC_CHECK(dims.find('T') != std::string::npos && dims.find('H') != std::string::npos,
+                "cuDNN attention: unexpected log-sum-exp layout " << l.sizes());
+  g_cudnn_lse_dims = dims;
+  const bool token_major = dims.find('T') < dims.find('H');
+  auto x = l.reshape(token_major ? std::vector<int64_t>{T, Hq} : std::vector<int64_t>{Hq, T});
+  return (token_major ? x.t() : x).to(torch::kFloat32).contiguous();
+}
+
+torch::Tensor lse_to_cudnn(const torch::Tensor& l) {  // l [Hq, T]
+  const auto& dims = g_cudnn_lse_dims;
+  const bool token_major = dims.find('T') < dims.find('H');
+  std::vector<int64_t> sizes;
+  for (char c : dims) sizes.push_back(c == 'T' ? l.size(1) : c == 'H' ? l.size(0) : 1);
+  return (token_major ? l.t() : l).contiguous().view(sizes);
+}
+
+// K/V with one head per query head, for cuDNN builds that reject grouped-query layouts.
+torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
+  return G == 1 ? t : t.unsqueeze(2).expand({t.size(0), t.size(1), G, t.size(2)}).reshape({t.size(0), t.size(1) * G, t.size(2)});
+}
+
+AttnForward cudnn_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack,
+                          double scale) {
+  const int64_t T = q.size(0), Hq = q.size(1), G = Hq / k.size(1);
+  auto call = [&](const torch::Tensor& kk, const torch::Tensor& vv) {
+    return at::_cudnn_attention_forward(q, kk, vv, std::nullopt, pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len,
+                                        /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
+  };
+  if (!g_cudnn_expand_kv && G > 1) {
+    try {
+      auto r = call(k, v);
+      return {std::get<0>(r), lse_from_cudnn(std::get<1>(r), T, Hq)};
+    } catch (const c10::Error&) {
+      g_cudnn_expand_kv = true;  // this cuDNN has no grouped-query support: expand from now on
+    }
+  }
+  auto r = G > 1 ? call(expand_kv(k, G), expand_kv(v, G)) : call(k, v);
+  return {std::get<0>(r), lse_from_cudnn(std::get<1>(r), T, Hq)};
+}
+
+AttnGrads cudnn_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                         const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, double scale) {
+  const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv, d = q.size(2);
+  const bool expand = g_cudnn_expand_kv && G > 1;
+  auto kk = expand ? expand_kv(k, G) : k, vv = expand ? expand_kv(v, G) : v;
+  auto i64 = q.options().dtype(torch::kInt64);
+  auto g = at::_cudnn_attention_backward(dout.contiguous(), q, kk, vv, fwd.out, lse_to_cudnn(fwd.lse),
+                                         torch::zeros({}, i64), torch::zeros({}, i64), torch::empty({0}, q.options()),
+                                         pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len, 0.0, /*is_causal=*/true,
+                                         scale);
+  AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
+  if (expand) {
+    out.dk = out.dk.view({T, Hkv, G, d}).sum(2);
+    out.dv = out.dv.view({T, Hkv, G, d}).sum(2);
+  }
+  return out;
+}
+
 AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, MaskSpec mask,
                          double scale) {
@@ -316,6 +398,14 @@ std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b
 
 void set_force_blocked(bool on) { g_force_blocked = on; }
 
+void set_full_attention_backend(const std::string& name) {
+  ELASTIC_CHECK(name == "flash" || name == "cudnn",
+                "attention backend must be 'flash' or 'cudnn', got '" << name << "'");
+  g_cudnn_full = name == "cudnn";
+}
+
+std::string full_attention_backend() { return g_cudnn_full ? "cudnn" : "flash"; }
+
 bool uses_flash(const torch::Tensor& q) {
   return !g_force_blocked && q.is_cuda() &&
          (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf ||
@@ -339,6 +429,9 @@ AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, co
       auto f = flash_forward(to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(), pack, mask, scale);
       return {f.out.to(torch::kFloat32), f.lse};
     }
+    if (g_cudnn_full && mask.full() && q.scalar_type() != torch::kFloat32) {
+      return cudnn_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, scale);
+    }
     return flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
   }
   AttnForward f;
@@ -354,6 +447,9 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
       auto g = flash_backward(to_bf16(dout), to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(),
                               AttnForward{to_bf16(fwd.out), fwd.lse}, pack, mask, scale);
       return {g.dq.to(torch::kFloat32), g.dk.to(torch::kFloat32), g.dv.to(torch::kFloat32)};
+    }
+    if (g_cudnn_full && mask.full() && q.scalar_type() != torch::kFloat32) {
+      return cudnn_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, scale);
     }
     return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
   }
