@@ -11,6 +11,18 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 BUILD=build-gpu
 status=0
 stage() { echo "=== $1 ($(date +%T))"; }
+# Random-weight bf16 models of the real shapes (ELASTIC.md §2), made once per machine.
+model_dir() {
+  local M=/tmp/$1-random shape
+  case "$1" in
+    qwen3-4b) shape="--arch qwen3 --vocab 151936 --hidden 2560 --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie" ;;
+    qwen3-8b) shape="--arch qwen3 --vocab 151936 --hidden 4096 --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 12288" ;;
+    llama3.1-8b) shape="--arch llama --vocab 128256 --hidden 4096 --layers 32 --heads 32 --kv-heads 8 --head-dim 128 --mlp 14336 --rope-theta 500000" ;;
+    *) echo "unknown shape $1" >&2; return 1 ;;
+  esac
+  [ -f $M/config.json ] || $BUILD/elastic make-tiny-model $shape --out $M --dtype bfloat16 --device cuda --shard-mb 4096 >/dev/null 2>&1
+  echo $M
+}
 
 for s in "$@"; do
   case "$s" in
@@ -42,12 +54,46 @@ for s in "$@"; do
       $BUILD/elastic bench-forward --model $M --tokens 8192,32768 --samples 3 --repeat 3 --out "$OUT/bench_forward.json" \
         2>&1 | grep -v '^ ' | tail -8 || status=1 ;;
     bench-train)
+      # Every shape of ELASTIC.md §2 at BENCH_TOKENS, samples 1/4 + 1/4 + 1/2 of the pack.
       stage bench-train
-      M=/tmp/qwen3-4b-random
-      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 2560 \
-        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
-      $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-32768,65536} --samples 3 --steps 3 \
-        --out "$OUT/bench_train_qwen3-4b.json" 2>&1 | grep -E "info|error" | tail -6 || status=1 ;;
+      for shape in ${BENCH_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
+        M=$(model_dir $shape)
+        $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-16384,32768,65536} --mix 1,1,2 --steps 3 \
+          ${BENCH_FLAGS:-} --out "$OUT/bench_train_$shape.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -8 || status=1
+      done ;;
+    bench-longest)
+      # The longest pack that trains, with checkpointed layer inputs on the GPU and offloaded to the host.
+      stage bench-longest
+      for shape in ${BENCH_MODELS:-qwen3-8b}; do
+        M=$(model_dir $shape)
+        for f in "" --offload; do
+          $BUILD/elastic bench-train --model $M --tokens ${LONG_TOKENS:-98304,131072} --mix 1,1,2 --steps 2 --no-breakdown $f \
+            --out "$OUT/bench_longest_$shape${f/--/_}.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -4 || status=1
+        done
+      done ;;
+    bench-reference)
+      # The PyTorch port of the same step (tools/bench_reference.py), side by side.
+      stage bench-reference
+      for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
+        timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${REF_TOKENS:-16384,32768,65536} \
+          --mix 1,1,2 ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
+      done ;;
+    attn-backends)
+      stage attn-backends
+      python3 bench/attention_backends.py --out "$OUT/attention_backends.json" 2>&1 | tail -8 || status=1 ;;
+    profile)
+      # Kernel-time summary of two Qwen3-4B training steps at 32K (nsys, when installed).
+      stage profile
+      M=$(model_dir qwen3-4b)
+      if command -v nsys >/dev/null; then
+        nsys profile -o /tmp/step --force-overwrite true -t cuda,nvtx $BUILD/elastic bench-train --model $M \
+          --tokens ${PROFILE_TOKENS:-32768} --mix 1,1,2 --steps 1 --no-breakdown > /tmp/nsys.log 2>&1 || tail -5 /tmp/nsys.log
+        nsys stats -r cuda_gpu_kern_sum -f csv -o /tmp/kern /tmp/step.nsys-rep > /dev/null 2>&1
+        cp /tmp/kern_cuda_gpu_kern_sum.csv "$OUT/profile_kernels.csv" 2>/dev/null
+        head -25 "$OUT/profile_kernels.csv" | cut -c1-220
+      else
+        echo "nsys not installed"; ls /usr/local/cuda/bin | head -40
+      fi ;;
     bench-prefill)
       stage bench-prefill
       M=/tmp/qwen3-8b-random

@@ -38,4 +38,17 @@ inline std::vector<int64_t> even_lengths(int64_t tokens, int64_t samples) {
   return out;
 }
 
+// `tokens` split into samples with relative lengths `mix` (the last takes the rounding remainder).
+inline std::vector<int64_t> mixed_lengths(int64_t tokens, const std::vector<int64_t>& mix) {
+  int64_t total = 0, used = 0;
+  for (auto w : mix) total += w;
+  std::vector<int64_t> out;
+  for (size_t i = 0; i + 1 < mix.size(); ++i) {
+    out.push_back(tokens * mix[i] / total);
+    used += out.back();
+  }
+  out.push_back(tokens - used);
+  return out;
+}
+
 }  // namespace elastic::cli

@@ -22,17 +22,23 @@ using nlohmann::json;
 
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
-         {"model", "tokens", "samples", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops"},
-         {"help", "no-checkpoint"});
+         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend"},
+         {"help", "no-checkpoint", "offload", "no-breakdown"});
   if (a.flag("help")) {
-    std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --samples 3 --steps 3 --sink 128 --window 2048\n"
-                 "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --out result.json]\n";
+    std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
+                 "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --offload --no-breakdown\n"
+                 "  --out result.json]\n"
+                 "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
+                 "--fa-backend flash|cudnn: kernel for full causal attention (default: the library default).\n"
+                 "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
+                 "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
   auto device = model::parse_device(a.get("device", "auto"), "--device");
   auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   auto m = model::load_model(a.require("model"), dtype, device);
   const auto& mc = m->config();
+  if (a.has("fa-backend")) attention::set_full_attention_backend(a.get("fa-backend", ""));
   router::RouterOptions ro;
   ro.head_dim = mc.head_dim;
   torch::manual_seed(0);
@@ -53,9 +59,14 @@ int cmd_bench_train(int argc, char** argv) {
                  {"dtype", c10::toString(dtype)}, {"checkpoint", !a.flag("no-checkpoint")},
                  {"sink", ssa.sink}, {"window", ssa.window}, {"runs", json::array()}};
   const auto sizes = a.get_int_list("tokens", "32768,65536");
-  const int64_t nsamples = a.get_int("samples", 3);
+  const auto mix = a.get_int_list("mix", "1,1,2");
+  const int64_t nsamples = static_cast<int64_t>(mix.size());
+  result["offload_checkpoints"] = a.flag("offload");
+  result["fa_backend"] = attention::full_attention_backend();
   for (int64_t T : sizes) {
-    const auto lengths = even_lengths(T, nsamples);
+    const auto lengths = mixed_lengths(T, mix);
+    json run = {{"tokens", T}, {"samples", lengths}};
+    try {
     auto pack = attention::Packing::from_lengths(lengths, device);
     auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
     // Labels on the last 5% of each sample (the answer of an SFT sample).
@@ -75,6 +86,7 @@ int cmd_bench_train(int argc, char** argv) {
       ctx.ssa = ssa;
       ctx.mode = model::RoutingMode::train;
       ctx.checkpoint = !a.flag("no-checkpoint");
+      ctx.offload_checkpoints = a.flag("offload");
       auto gen = router::routing_generator(0, 0, step_no++);
       ctx.gen = &gen;
       auto h = m->forward_hidden(ids, ctx);
@@ -95,6 +107,14 @@ int cmd_bench_train(int argc, char** argv) {
     double attn = 0;
     for (auto n : lengths) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers;
     const double flops = 2 * P * T + attn + 2 * P * T + 2.5 * attn;
+    run.update({{"step_ms", step_ms},
+                {"tokens_per_s", T / (step_ms / 1e3)},
+                {"mfu_dense_equivalent", flops / (step_ms / 1e3) / (peak * 1e12)},
+                {"peak_memory_gb", peak_gb},
+                {"omega_msr", omega}});
+    LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
+                  << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
+    if (!a.flag("no-breakdown")) {
     // One layer's attention, at this pack, with the measured routing mix.
     auto o = torch::TensorOptions().dtype(dtype).device(device);
     auto q = torch::randn({T, mc.num_heads, mc.head_dim}, o).requires_grad_();
@@ -110,22 +130,21 @@ int cmd_bench_train(int argc, char** argv) {
     auto keys = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o);
     auto router0 = m->routers()[0];
     auto router_ms = timer.median_ms([&] { router0->forward(keys, pack.cu, prompts).sum().backward(); }, 5);
-    json run = {{"tokens", T},
-                {"samples", lengths},
-                {"step_ms", step_ms},
-                {"tokens_per_s", T / (step_ms / 1e3)},
-                {"mfu_dense_equivalent", flops / (step_ms / 1e3) / (peak * 1e12)},
-                {"peak_memory_gb", peak_gb},
-                {"omega_msr", omega},
-                {"per_layer_ms",
+    run.update({{"per_layer_ms",
                  {{"fa_forward", fa_fwd}, {"ssa_forward", ssa_fwd}, {"hybrid_fwd_bwd_routing_aware", hyb},
                   {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms}}},
                 {"routing_aware_speedup", both / hyb},
                 {"router_share_of_step", router_ms * mc.num_layers / step_ms},
-                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * mc.num_layers / step_ms}};
-    LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
-                  << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega
-                  << ", routing-aware speed-up x" << both / hyb);
+                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * mc.num_layers / step_ms}});
+    LOG_INFO("T=" << T << ": routing-aware speed-up x" << both / hyb << ", router share " << router_ms * mc.num_layers / step_ms);
+    }
+    } catch (const c10::OutOfMemoryError& e) {
+      // The longest pack that fits is a result too: record it and go on with the next size.
+      run["oom"] = true;
+      LOG_WARN("T=" << T << ": out of GPU memory");
+    }
+    opt.zero_grad();
+    release_cached_memory(device);
     result["runs"].push_back(run);
   }
   if (a.has("out")) io::write_file_atomic(a.get("out", ""), result.dump(2) + "\n");
