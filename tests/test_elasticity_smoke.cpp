@@ -69,6 +69,27 @@ TEST(Synthetic, RetrievalLayoutHasOneQueriedKeyAndItsValueAsAnswer) {
   }
 }
 
+TEST(Synthetic, PredictableLabelsMarkOnlyTheRepeatedPatternTail) {
+  data::SyntheticOptions o;
+  o.label_predictable = true;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    auto s = data::make_synthetic_sample(data::SyntheticTask::pattern, 150, o, seed);
+    int64_t context_labels = 0;
+    for (int64_t p = 0; p < static_cast<int64_t>(s.prompt_end); ++p) {
+      if (!s.labels[p]) continue;
+      ++context_labels;
+      // A labelled context token repeats the token one period (3..7) back.
+      bool repeats = false;
+      for (int64_t period = 3; period <= 7; ++period) repeats |= p >= period && s.tokens[p] == s.tokens[p - period];
+      EXPECT_TRUE(repeats) << "position " << p << " seed " << seed;
+    }
+    EXPECT_GE(context_labels, 9);  // 4 periods of at least 3 tokens, the first unlabelled
+    // Other tasks gain no context labels.
+    auto r = data::make_synthetic_sample(data::SyntheticTask::retrieval, 150, o, seed);
+    for (int64_t p = 0; p < static_cast<int64_t>(r.prompt_end); ++p) EXPECT_EQ(r.labels[p], 0);
+  }
+}
+
 TEST(HeadScores, NeedlePositionsFollowTheQueriedKey) {
   data::SyntheticOptions o;
   o.answer_len = 3;

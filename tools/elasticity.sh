@@ -68,8 +68,15 @@ echo "# $(date -u +%FT%TZ) tools/elasticity.sh mode=$MODE stages=$STAGES" >> "$O
 
 if has data; then
   say "data and initial model in $OUT"
-  # The backbone learns from every token (dense signal); router and eval data label answers only.
-  [ -f "$OUT/train.bin" ] || run "$E" make-synthetic-data --out "$OUT/train.bin" "${DATA[@]}" --samples $N_TRAIN --seed 0 --label-all
+  # The backbone's data may span other lengths (EL_TRAIN_LEN, e.g. short samples first teach the
+  # lookup); it labels answers only unless BB_LABELS=all (every token: a noisier signal, which
+  # learned retrieval 10x slower in a CPU comparison) or BB_LABELS=predictable (answers and the
+  # periodic tails of `pattern`).
+  LABEL_ALL=(); [ "${BB_LABELS:-answers}" = all ] && LABEL_ALL=(--label-all)
+  [ "${BB_LABELS:-answers}" = predictable ] && LABEL_ALL=(--label-predictable)
+  # shellcheck disable=SC2206
+  TRAIN_LEN=(${EL_TRAIN_LEN:-})
+  [ -f "$OUT/train.bin" ] || run "$E" make-synthetic-data --out "$OUT/train.bin" "${DATA[@]}" "${TRAIN_LEN[@]}" --samples $N_TRAIN --seed 0 "${LABEL_ALL[@]}"
   [ -f "$OUT/router.bin" ] || run "$E" make-synthetic-data --out "$OUT/router.bin" "${DATA[@]}" --samples $N_ROUTER --seed 1
   [ -f "$OUT/eval.bin" ] || run "$E" make-synthetic-data --out "$OUT/eval.bin" "${DATA[@]}" --samples $N_EVAL --seed 2
   [ -f "$OUT/init/config.json" ] || run "$E" make-tiny-model --arch "${EL_ARCH:-qwen3}" --out "$OUT/init" "${MODEL[@]}" --seed 0

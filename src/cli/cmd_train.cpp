@@ -162,13 +162,14 @@ int cmd_eval(int argc, char** argv) {
 int cmd_make_synthetic_data(int argc, char** argv) {
   Args a("make-synthetic-data", argc, argv,
          {"out", "vocab", "samples", "min-len", "max-len", "answer-len", "pack-tokens", "tasks", "far-fraction", "pairs", "seed"},
-         {"help", "label-all"});
+         {"help", "label-all", "label-predictable"});
   if (a.flag("help")) {
     std::cout << "elastic make-synthetic-data --out FILE [--vocab 512 --samples 64 --min-len 128 --max-len 512\n"
                  "  --answer-len 4 --pack-tokens 2048 --tasks retrieval,multihop,recent_copy,pattern,instruction\n"
-                 "  --far-fraction 0.5 --pairs 4 --seed 0 --label-all]\n"
+                 "  --far-fraction 0.5 --pairs 4 --seed 0 --label-all --label-predictable]\n"
                  "--pairs: key-value pairs in a retrieval/multihop context (needles + distractors).\n"
-                 "--label-all labels every token (dense LM signal for training a backbone), not just answers.\n";
+                 "--label-all labels every token (dense LM signal for training a backbone), not just answers;\n"
+                 "--label-predictable adds only the context tokens that earlier ones determine (periodic tails).\n";
     return 0;
   }
   data::SyntheticOptions o;
@@ -181,6 +182,7 @@ int cmd_make_synthetic_data(int argc, char** argv) {
   o.pairs = a.get_int("pairs", 4);
   o.seed = static_cast<uint64_t>(a.get_int("seed", 0));
   o.label_all = a.flag("label-all");
+  o.label_predictable = a.flag("label-predictable");
   if (a.has("tasks")) {
     o.tasks.clear();
     std::stringstream ss(a.get("tasks", ""));

@@ -97,6 +97,7 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
   ELASTIC_CHECK(length >= P * (A + 2) + 3 * A + 16,
                 "synthetic data: length " << length << " too short for " << P << " pairs and answer_len " << A);
   Builder b{std::mt19937_64(seed), r, {}};
+  std::vector<int64_t> predictable;  // context positions determined by earlier tokens
   b.t.push_back(kBos);
   std::vector<int32_t> answer;
   // Context body: total minus BOS, the question block (A + 2 tokens) and answer + EOS.
@@ -142,7 +143,10 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
       auto motif = b.distinct(r.filler_begin, r.vocab, static_cast<size_t>(period));
       const int64_t tail = std::min<int64_t>(body, 4 * period);
       b.filler(body - tail);
-      for (int64_t i = 0; i < tail; ++i) b.t.push_back(motif[i % period]);
+      for (int64_t i = 0; i < tail; ++i) {
+        if (i >= period) predictable.push_back(static_cast<int64_t>(b.t.size()));
+        b.t.push_back(motif[i % period]);
+      }
       for (int64_t i = 0; i < A; ++i) answer.push_back(motif[(tail + i) % period]);
       b.t.push_back(kQuery);
       b.filler(A);
@@ -175,6 +179,9 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
   s.labels.push_back(1);
   ELASTIC_CHECK(static_cast<int64_t>(s.tokens.size()) == length,
                 "synthetic data: built " << s.tokens.size() << " tokens for a sample of length " << length);
+  if (opt.label_predictable) {
+    for (auto p : predictable) s.labels[p] = 1;
+  }
   if (opt.label_all) std::fill(s.labels.begin() + 1, s.labels.end(), 1);
   return s;
 }

@@ -48,6 +48,9 @@ struct SyntheticOptions {
   // Label every token after BOS, not just the answer: a dense LM signal for training a backbone
   // from scratch (copying and induction form much sooner). Keep answer-only labels for routers/eval.
   bool label_all = false;
+  // Also label the context tokens that are determined by earlier ones (a periodic tail after its
+  // first period): more lookup signal than answers alone, none of the noise of random filler.
+  bool label_predictable = false;
 };
 
 Sample make_synthetic_sample(SyntheticTask task, int64_t length, const SyntheticOptions& opt, uint64_t seed);
