@@ -40,32 +40,41 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
   } else {
     ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
     // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
-    if (ctx.capture_keys) ctx.capture_keys->push_back(keys.detach());
+    const bool replay = ctx.recomputing == layer_;
+    if (ctx.capture_keys && !replay) ctx.capture_keys->push_back(keys.detach());
     auto z = mask_allocator->forward(keys, ctx.pack->cu, ctx.prompts);
-    ctx.router_logits.push_back(z);
+    if (!replay) ctx.router_logits.push_back(z.detach());
     if (ctx.mode == RoutingMode::train) {
-      ELASTIC_CHECK(ctx.gen != nullptr, "forward: training-mode routing needs a noise generator");
-      s = router::fa_weight(router::gumbel_softmax_ste(z, router::gumbel_noise(z, *ctx.gen), ctx.tau));
+      torch::Tensor g;
+      if (replay) {
+        g = ctx.noise.at(static_cast<size_t>(layer_));
+      } else {
+        ELASTIC_CHECK(ctx.gen != nullptr, "forward: training-mode routing needs a noise generator");
+        g = router::gumbel_noise(z, *ctx.gen);
+        if (static_cast<int64_t>(ctx.noise.size()) <= layer_) ctx.noise.resize(static_cast<size_t>(layer_) + 1);
+        ctx.noise[static_cast<size_t>(layer_)] = g;
+      }
+      s = router::fa_weight(router::gumbel_softmax_ste(z, g, ctx.tau));
     } else {
       s = router::hard_decision(z);
     }
   }
-  ctx.decisions.push_back(s);
+  if (ctx.recomputing == layer_) {
+    ctx.recomputed_s = s;
+  } else {
+    ctx.decisions.push_back(s);
+  }
   return s;
 }
 
-torch::Tensor SelfAttentionImpl::decide(const torch::Tensor& x, ForwardContext& ctx) {
-  return routing_weights(keys_pre_rope(x), ctx);
-}
-
-torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s_given) {
+torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
   const int64_t T = x.size(0);
   auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
   auto k = keys_pre_rope(x);
   auto v = v_proj->forward(x).view({T, n_kv_, head_dim_});
   if (q_norm) q = q_norm->forward(q);
-  torch::Tensor s = s_given;
-  if (!s.defined() && ctx.mode != RoutingMode::off) s = routing_weights(k, ctx);
+  torch::Tensor s;
+  if (ctx.mode != RoutingMode::off) s = routing_weights(k, ctx);
   q = apply_rope(q, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
   if (ctx.capture_qk) ctx.capture_qk->emplace_back(q.detach(), k.detach());
@@ -92,24 +101,27 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const 
       register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
 }
 
-torch::Tensor DecoderLayerImpl::forward_with(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s) {
-  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx, s);
+torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardContext& ctx) {
+  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
 namespace {
 
-// Activation checkpointing of one decoder layer: the forward keeps only the layer input and
-// the routing weights; the backward recomputes the layer with grad enabled and backpropagates
-// through it (parameter gradients accumulate as usual).
+// Activation checkpointing of one decoder layer: the forward keeps only the layer input (on the
+// GPU or in pinned host memory) and the Gumbel noise its router drew; the backward recomputes
+// the layer, router included, with grad enabled and backpropagates through it (parameter
+// gradients accumulate as usual). Outputs: the layer output and the routing weights s, so the
+// sparsity objective's gradient reaches the router through the recompute.
 class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* actx, torch::Tensor x,
-                                                torch::Tensor s, DecoderLayerImpl* layer, ForwardContext* ctx) {
-    torch::Tensor out;
+                                                DecoderLayerImpl* layer, ForwardContext* ctx) {
+    torch::Tensor out, s;
     {
       torch::NoGradGuard ng;
-      out = layer->forward_with(x, *ctx, s.numel() > 0 ? s : torch::Tensor());
+      out = layer->forward_plain(x, *ctx);
+      if (ctx->mode != RoutingMode::off) s = ctx->decisions.back();
     }
     if (ctx->offload_checkpoints && x.is_cuda()) {
       // Same-stream copies: the device-to-host copy is ordered before any reuse of x's memory,
@@ -118,17 +130,20 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       host.copy_(x, /*non_blocking=*/true);
       actx->saved_data["x_host"] = host;
       actx->saved_data["x_device"] = static_cast<int64_t>(x.device().index());
-      actx->save_for_backward({torch::Tensor(), s});
     } else {
-      actx->save_for_backward({x, s});
+      actx->save_for_backward({x});
     }
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     actx->saved_data["ctx"] = reinterpret_cast<int64_t>(ctx);
-    return {out};
+    // Autograd functions return defined tensors only: "no routing" travels as an empty tensor.
+    if (!s.defined()) {
+      s = torch::empty({0}, x.options().dtype(torch::kFloat32));
+      actx->mark_non_differentiable({s});
+    }
+    return {out, s};
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* actx,
                                                  torch::autograd::variable_list grads) {
-    auto saved = actx->get_saved_variables();
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
     auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
     torch::Tensor x;
@@ -137,31 +152,42 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       x = actx->saved_data["x_host"].toTensor().to(dev, /*non_blocking=*/true);
       actx->saved_data.erase("x_host");
     } else {
-      x = saved[0].detach();
+      x = actx->get_saved_variables()[0].detach();
     }
     x.requires_grad_(actx->needs_input_grad(0));
-    torch::Tensor s;
-    if (saved[1].numel() > 0) s = saved[1].detach().requires_grad_(actx->needs_input_grad(1));
-    torch::Tensor out;
+    torch::Tensor out, s;
     {
       torch::AutoGradMode on(true);
-      out = layer->forward_with(x, *ctx, s);
+      ctx->recomputing = layer->self_attn->layer_index();
+      ctx->recomputed_s = torch::Tensor();
+      out = layer->forward_plain(x, *ctx);
+      s = ctx->recomputed_s;
+      ctx->recomputing = -1;
+      ctx->recomputed_s = torch::Tensor();
     }
-    if (out.requires_grad()) torch::autograd::backward({out}, {grads[0]});
+    std::vector<torch::Tensor> outs, gs;
+    if (out.requires_grad() && grads[0].defined()) {
+      outs.push_back(out);
+      gs.push_back(grads[0]);
+    }
+    if (s.defined() && s.requires_grad() && grads[1].defined() && grads[1].numel() > 0) {
+      outs.push_back(s);
+      gs.push_back(grads[1]);
+    }
+    if (!outs.empty()) torch::autograd::backward(outs, gs);
     torch::Tensor gx = x.requires_grad() ? x.grad() : torch::Tensor();
-    torch::Tensor gs = (s.defined() && s.requires_grad()) ? s.grad() : torch::Tensor();
-    return {gx, gs, torch::Tensor(), torch::Tensor()};
+    return {gx, torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
-  if (!ctx.checkpoint || !torch::GradMode::is_enabled()) return forward_with(x, ctx, torch::Tensor());
+  if (!ctx.checkpoint || !torch::GradMode::is_enabled()) return forward_plain(x, ctx);
   torch::Tensor in = x;
   if (!in.requires_grad()) {
-    // Trainable parameters inside the layer get gradients only if the checkpoint's backward
-    // runs, which needs an input that requires grad.
+    // Trainable parameters inside the layer (its router's too) get gradients only if the
+    // checkpoint's backward runs, which needs an input that requires grad.
     for (const auto& p : parameters()) {
       if (p.requires_grad()) {
         in = x.detach().requires_grad_();
@@ -169,10 +195,10 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& 
       }
     }
   }
-  // Autograd functions take defined tensors only: "no routing" travels as an empty tensor.
-  torch::Tensor s = torch::empty({0}, x.options().dtype(torch::kFloat32));
-  if (ctx.mode != RoutingMode::off) s = self_attn->decide(input_layernorm->forward(x), ctx);
-  return CheckpointFn::apply(in, s, this, &ctx)[0];
+  auto r = CheckpointFn::apply(in, this, &ctx);
+  // The recorded decisions become the differentiable ones.
+  if (ctx.mode != RoutingMode::off) ctx.decisions.back() = r[1];
+  return r[0];
 }
 
 DecoderModelImpl::DecoderModelImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {

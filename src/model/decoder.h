@@ -13,12 +13,11 @@ namespace elastic::model {
 class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
-  // With `s` defined the routing decisions are given (activation-checkpoint recompute);
-  // otherwise they come from ctx.mode and are recorded in ctx.decisions.
-  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s = {});
-  // The routing decisions of this layer for normalised input x: s [B, Hkv], recorded in ctx.
-  torch::Tensor decide(const torch::Tensor& x, ForwardContext& ctx);
+  // Routing decisions come from ctx.mode and are recorded in ctx.decisions (in
+  // ctx.recomputed_s while the checkpoint backward recomputes this layer).
+  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
   void attach_router(const router::RouterOptions& opt);
+  int64_t layer_index() const { return layer_; }
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
@@ -43,10 +42,10 @@ TORCH_MODULE(MLP);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
-  // With ctx.checkpoint and grad enabled, activations inside the layer are not kept: the
-  // backward recomputes the layer with the same routing decisions.
+  // With ctx.checkpoint and grad enabled, activations inside the layer (its router's included)
+  // are not kept: the backward recomputes the layer with the same Gumbel noise.
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
-  torch::Tensor forward_with(const torch::Tensor& x, ForwardContext& ctx, const torch::Tensor& s);
+  torch::Tensor forward_plain(const torch::Tensor& x, ForwardContext& ctx);
   SelfAttention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};

@@ -16,6 +16,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& o
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) const {
+  // On GPUs one fused kernel (fp32 statistics, one rounding at the end) instead of five
+  // full-size fp32 passes; on the CPU transformers' exact sequence, which the golden tests pin.
+  if (x.is_cuda()) return at::rms_norm(x, {weight.size(0)}, weight, eps);
   auto x32 = x.to(torch::kFloat32);
   auto var = x32.pow(2).mean(-1, true);
   x32 = x32 * torch::rsqrt(var + eps);

@@ -19,7 +19,8 @@ TORCH_MODULE(Linear);
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& opts);
-  // Normalises over the last dimension in fp32 and returns the input dtype, as transformers does.
+  // Normalises over the last dimension in fp32 and returns the input dtype, as transformers does
+  // (on GPUs fused, rounding once where transformers rounds before the weight multiply).
   torch::Tensor forward(const torch::Tensor& x) const;
   torch::Tensor weight;
   double eps;
