@@ -54,11 +54,12 @@ for s in "$@"; do
       $BUILD/elastic bench-forward --model $M --tokens 8192,32768 --samples 3 --repeat 3 --out "$OUT/bench_forward.json" \
         2>&1 | grep -v '^ ' | tail -8 || status=1 ;;
     bench-train)
-      # Every shape of ELASTIC.md §2 at BENCH_TOKENS, samples 1/4 + 1/4 + 1/2 of the pack.
+      # Every shape of ELASTIC.md §2 at BENCH_TOKENS, samples split by BENCH_MIX (1,1,1: thirds, as
+      # the reference runs; 1,1,2: 16K + 16K + 32K at 64K).
       stage bench-train
       for shape in ${BENCH_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
         M=$(model_dir $shape)
-        $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-16384,32768,65536} --mix 1,1,2 --steps 3 \
+        $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-16384,32768,65536} --mix ${BENCH_MIX:-1,1,1} --steps 3 \
           ${BENCH_FLAGS:-} --out "$OUT/bench_train_$shape.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -8 || status=1
       done ;;
     bench-longest)
@@ -67,7 +68,7 @@ for s in "$@"; do
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
         for f in "" --offload; do
-          $BUILD/elastic bench-train --model $M --tokens ${LONG_TOKENS:-98304,131072} --mix 1,1,2 --steps 2 --no-breakdown $f \
+          $BUILD/elastic bench-train --model $M --tokens ${LONG_TOKENS:-98304,131072} --mix ${BENCH_MIX:-1,1,1} --steps 2 --no-breakdown $f \
             --out "$OUT/bench_longest_$shape${f/--/_}.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -4 || status=1
         done
       done ;;
@@ -76,7 +77,7 @@ for s in "$@"; do
       stage bench-reference
       for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
         timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${REF_TOKENS:-16384,32768,65536} \
-          --mix 1,1,2 ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
+          --warmup 1 --steps ${REF_STEPS:-2} ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
       done ;;
     attn-backends)
       stage attn-backends
