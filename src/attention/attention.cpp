@@ -246,43 +246,16 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
 }
 
 // ---- cuDNN (CUDA, fp16/bf16): full causal attention only ----
-// cuDNN's fused attention is the fastest causal kernel LibTorch ships for Hopper; it has no
-// local window, so streaming attention stays on flash. Its log-sum-exp layout is recorded at the
-// first call and converted to and from ours ([Hq, T]) at the boundary.
+// cuDNN's fused attention is the fastest causal kernel LibTorch ships for Hopper when it runs on
+// dense [1, H, n, d] sequences (its ragged varlen mode measured 2x slower than flash), so it is
+// called once per sample on strided views of the packed tensors. It has no local window:
+// streaming attention stays on flash.
 
-// Each dimension of cuDNN's log-sum-exp: 'T' tokens, 'H' query heads or '1'.
-std::string g_cudnn_lse_dims;
 std::atomic<bool> g_cudnn_expand_kv{false};
+std::atomic<int> g_cudnn_lse_dim{3};  // rank of cuDNN's log-sum-exp ([1, H, n] or [1, H, n, 1])
 
-torch::Tensor lse_from_cudnn(const torch::Tensor& l, int64_t T, int64_t Hq) {
-  ELASTIC_CHECK(l.numel() == T * Hq, "cuDNN attention: log-sum-exp " << l.sizes() << " is not [" << Hq << ", " << T
-                                                                       << "] in any order (padded varlen layout?)");
-  std::string dims;
-  bool seen_t = false;
-  for (auto s : l.sizes()) {
-    // With T == Hq the first non-unit dimension is taken as tokens.
-    if (s == T && !seen_t && (s != Hq || dims.find('H') == std::string::npos)) {
-      dims += 'T';
-      seen_t = true;
-    } else {
-      dims += s == Hq ? 'H' : '1';
-    }
-  }
-  ELASTIC_CHECK(dims.find('T') != std::string::npos && dims.find('H') != std::string::npos,
-                "cuDNN attention: unexpected log-sum-exp layout " << l.sizes());
-  g_cudnn_lse_dims = dims;
-  const bool token_major = dims.find('T') < dims.find('H');
-  auto x = l.reshape(token_major ? std::vector<int64_t>{T, Hq} : std::vector<int64_t>{Hq, T});
-  return (token_major ? x.t() : x).to(torch::kFloat32).contiguous();
-}
-
-torch::Tensor lse_to_cudnn(const torch::Tensor& l) {  // l [Hq, T]
-  const auto& dims = g_cudnn_lse_dims;
-  const bool token_major = dims.find('T') < dims.find('H');
-  std::vector<int64_t> sizes;
-  for (char c : dims) sizes.push_back(c == 'T' ? l.size(1) : c == 'H' ? l.size(0) : 1);
-  return (token_major ? l.t() : l).contiguous().view(sizes);
-}
+// [n, H, d] rows of one sample as the [1, H, n, d] view cuDNN takes.
+torch::Tensor bhsd(const torch::Tensor& t, int64_t s0, int64_t n) { return t.narrow(0, s0, n).transpose(0, 1).unsqueeze(0); }
 
 // K/V with one head per query head, for cuDNN builds that reject grouped-query layouts.
 torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
@@ -292,36 +265,56 @@ torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
 AttnForward cudnn_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack,
                           double scale) {
   const int64_t T = q.size(0), Hq = q.size(1), G = Hq / k.size(1);
-  auto call = [&](const torch::Tensor& kk, const torch::Tensor& vv) {
-    return at::_cudnn_attention_forward(q, kk, vv, std::nullopt, pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len,
-                                        /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
-  };
-  if (!g_cudnn_expand_kv && G > 1) {
+  AttnForward f{torch::empty_like(q), torch::empty({Hq, T}, q.options().dtype(torch::kFloat32))};
+  auto kk = g_cudnn_expand_kv ? expand_kv(k, G) : k, vv = g_cudnn_expand_kv ? expand_kv(v, G) : v;
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    if (n == 0) continue;
+    auto call = [&] {
+      return at::_scaled_dot_product_cudnn_attention(bhsd(q, s0, n), bhsd(kk, s0, n), bhsd(vv, s0, n), std::nullopt,
+                                                     /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
+    };
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, c10::SymInt, c10::SymInt, at::Tensor, at::Tensor, at::Tensor> r;
     try {
-      auto r = call(k, v);
-      return {std::get<0>(r), lse_from_cudnn(std::get<1>(r), T, Hq)};
+      r = call();
     } catch (const c10::Error&) {
+      if (g_cudnn_expand_kv || G == 1) throw;
       g_cudnn_expand_kv = true;  // this cuDNN has no grouped-query support: expand from now on
+      kk = expand_kv(k, G);
+      vv = expand_kv(v, G);
+      r = call();
     }
+    f.out.narrow(0, s0, n).copy_(std::get<0>(r).squeeze(0).transpose(0, 1));
+    g_cudnn_lse_dim = static_cast<int>(std::get<1>(r).dim());
+    f.lse.narrow(1, s0, n).copy_(std::get<1>(r).reshape({Hq, n}));
   }
-  auto r = G > 1 ? call(expand_kv(k, G), expand_kv(v, G)) : call(k, v);
-  return {std::get<0>(r), lse_from_cudnn(std::get<1>(r), T, Hq)};
+  return f;
 }
 
 AttnGrads cudnn_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, double scale) {
-  const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv, d = q.size(2);
+  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   const bool expand = g_cudnn_expand_kv && G > 1;
   auto kk = expand ? expand_kv(k, G) : k, vv = expand ? expand_kv(v, G) : v;
+  AttnGrads out{torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
   auto i64 = q.options().dtype(torch::kInt64);
-  auto g = at::_cudnn_attention_backward(dout.contiguous(), q, kk, vv, fwd.out, lse_to_cudnn(fwd.lse),
-                                         torch::zeros({}, i64), torch::zeros({}, i64), torch::empty({0}, q.options()),
-                                         pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len, 0.0, /*is_causal=*/true,
-                                         scale);
-  AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
-  if (expand) {
-    out.dk = out.dk.view({T, Hkv, G, d}).sum(2);
-    out.dv = out.dv.view({T, Hkv, G, d}).sum(2);
+  auto seed = torch::zeros({}, i64), offset = torch::zeros({}, i64);
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    if (n == 0) continue;
+    auto lse = fwd.lse.narrow(1, s0, n).contiguous().view(g_cudnn_lse_dim == 4 ? std::vector<int64_t>{1, Hq, n, 1}
+                                                                                : std::vector<int64_t>{1, Hq, n});
+    auto g = at::_scaled_dot_product_cudnn_attention_backward(
+        bhsd(dout, s0, n), bhsd(q, s0, n), bhsd(kk, s0, n), bhsd(vv, s0, n), bhsd(fwd.out, s0, n), lse, seed, offset,
+        at::Tensor(), at::Tensor(), at::Tensor(), n, n, 0.0, /*is_causal=*/true, scale);
+    out.dq.narrow(0, s0, n).copy_(std::get<0>(g).squeeze(0).transpose(0, 1));
+    auto dk = std::get<1>(g).squeeze(0).transpose(0, 1), dv = std::get<2>(g).squeeze(0).transpose(0, 1);
+    if (expand) {
+      dk = dk.reshape({n, Hkv, G, d}).sum(2);
+      dv = dv.reshape({n, Hkv, G, d}).sum(2);
+    }
+    out.dk.narrow(0, s0, n).copy_(dk);
+    out.dv.narrow(0, s0, n).copy_(dv);
   }
   return out;
 }
