@@ -41,8 +41,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 
 // Force the blocked implementation even where flash is available (tests, reference).
 void set_force_blocked(bool on);
-// Kernel for full causal attention on GPUs in bf16/fp16: "flash" (FlashAttention-2) or "cudnn"
-// (cuDNN fused attention). Streaming attention always runs on flash (cuDNN has no window).
+// Kernel for full causal attention on GPUs in bf16/fp16: "flash" (FlashAttention-2), "cudnn"
+// (cuDNN fused attention, per sample) or "auto" (the default: cuDNN when the longest sample has
+// at least 1024 tokens). Streaming attention always runs on flash (cuDNN has no window).
 void set_full_attention_backend(const std::string& name);
 std::string full_attention_backend();
 bool uses_flash(const torch::Tensor& q);

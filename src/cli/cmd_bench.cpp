@@ -29,7 +29,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --offload --no-breakdown\n"
                  "  --out result.json]\n"
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
-                 "--fa-backend flash|cudnn: kernel for full causal attention (default: the library default).\n"
+                 "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
