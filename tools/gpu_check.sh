@@ -68,7 +68,7 @@ for s in "$@"; do
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
         for f in "" --offload; do
-          $BUILD/elastic bench-train --model $M --tokens ${LONG_TOKENS:-98304,131072} --mix ${BENCH_MIX:-1,1,1} --steps 2 --no-breakdown $f \
+          $BUILD/elastic bench-train --model $M --tokens ${LONG_TOKENS:-98304,131072} --mix ${BENCH_MIX:-1,1,1} --steps 2 --no-breakdown ${BENCH_FLAGS:-} $f \
             --out "$OUT/bench_longest_$shape${f/--/_}.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -4 || status=1
         done
       done ;;
