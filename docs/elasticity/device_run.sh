@@ -16,12 +16,12 @@ export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdi
 M1="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
 M2="--vocab 256 --hidden 384 --layers 6 --heads 12 --kv-heads 4 --head-dim 32 --mlp 1536 --rope-theta 10000"
 declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1")
-declare -A LEN=([a]="--min-len 1024 --max-len 2048" [b]="--min-len 1024 --max-len 2048" [c]="--min-len 1024 --max-len 2048")
-declare -A TLEN=([a]="--min-len 64 --max-len 2048" [b]="--min-len 64 --max-len 2048" [c]="--min-len 64 --max-len 2048")
-declare -A SSA=([a]="--set ssa.sink=16 --set ssa.window=64" [b]="--set ssa.sink=16 --set ssa.window=64" [c]="--set ssa.sink=16 --set ssa.window=64")
+declare -A LEN=([a]="--min-len 128 --max-len 256" [b]="--min-len 128 --max-len 256" [c]="--min-len 256 --max-len 512")
+declare -A TLEN=([a]="--min-len 64 --max-len 256" [b]="--min-len 64 --max-len 256" [c]="--min-len 64 --max-len 512")
+declare -A SSA=([a]="--set ssa.sink=8 --set ssa.window=32" [b]="--set ssa.sink=8 --set ssa.window=32" [c]="--set ssa.sink=16 --set ssa.window=64")
 declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3)
-declare -A LABELS=([a]=answers [b]=predictable [c]=all)
-D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 16384"
+declare -A LABELS=([a]=predictable [b]=all [c]=predictable)
+D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-a b c}
 el "data"
 for v in $V; do
