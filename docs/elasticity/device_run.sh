@@ -3,7 +3,7 @@
 # builds build-gpu/ (unless it is there), then runs tools/elasticity.sh stage by stage. Backbone
 # variants train side by side (a few-million-parameter model leaves the GPU mostly idle) for
 # BB_BUDGET seconds each; the one with the best full-attention accuracy goes on to the router,
-# baseline and report stages. Variants: V="a b c" (see VARIANT below).
+# baseline and report stages. Variants: V="a b c" (see VARIANT below); RT_EXTRA: more router --set.
 # Usage (repo root): OUT=/some/dir bash docs/elasticity/device_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,6 +43,6 @@ for v in $V; do
   if python3 -c "import sys; sys.exit(0 if $acc > $bestacc else 1)"; then best=$v; bestacc=$acc; fi
 done
 el "best backbone: $best"
-RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
+RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
 tail -20 $OUT/pipeline.log
 (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el done
