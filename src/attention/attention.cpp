@@ -10,6 +10,7 @@ namespace elastic::attention {
 namespace {
 
 std::atomic<bool> g_force_blocked{false};
+std::atomic<bool> g_fp32_in_bf16{false};
 // Full-attention backend: 0 auto, 1 flash, 2 cudnn.
 std::atomic<int> g_full_backend{0};
 
@@ -398,6 +399,7 @@ std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b
 }
 
 void set_force_blocked(bool on) { g_force_blocked = on; }
+void set_fp32_attention_in_bf16(bool on) { g_fp32_in_bf16 = on; }
 
 void set_full_attention_backend(const std::string& name) {
   ELASTIC_CHECK(name == "auto" || name == "flash" || name == "cudnn",
@@ -413,14 +415,15 @@ std::string full_attention_backend() {
 bool uses_flash(const torch::Tensor& q) {
   return !g_force_blocked && q.is_cuda() &&
          (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf ||
-          q.scalar_type() == torch::kFloat32) &&
+          (q.scalar_type() == torch::kFloat32 && g_fp32_in_bf16)) &&
          q.size(2) % 8 == 0 && q.size(2) <= 256;
 }
 
 namespace {
 
-// fp32 models on a GPU (training a backbone from scratch keeps fp32 weights) run attention in
-// bf16 through the flash kernels, like autocast does; outputs and gradients return in fp32.
+// With set_fp32_attention_in_bf16 (the trainer's choice for fp32 weights on a GPU, with TF32
+// matmuls) fp32 attention runs in bf16 through the flash kernels, like autocast does; outputs and
+// gradients return in fp32. Otherwise fp32 stays exact (blocked path).
 torch::Tensor to_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat32 ? t.to(torch::kBFloat16) : t; }
 
 }  // namespace

@@ -41,6 +41,9 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 
 // Force the blocked implementation even where flash is available (tests, reference).
 void set_force_blocked(bool on);
+// fp32 inputs on a GPU: attention in bf16 through flash (fast, about 3e-3 relative error against
+// fp32 logits) instead of the exact blocked path. Off by default; the trainer turns it on.
+void set_fp32_attention_in_bf16(bool on);
 // Kernel for full causal attention on GPUs in bf16/fp16: "flash" (FlashAttention-2), "cudnn"
 // (cuDNN fused attention, per sample) or "auto" (the default: cuDNN when the longest sample has
 // at least 1024 tokens). Streaming attention always runs on flash (cuDNN has no window).

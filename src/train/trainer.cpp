@@ -9,6 +9,7 @@
 #include <map>
 #include <regex>
 
+#include "attention/attention.h"
 #include "io/atomic_file.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
@@ -70,8 +71,12 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   }
   comm_ = comm ? comm : dist::Comm::world(device_, cfg.dist_timeout_s);
   log::set_rank(comm_->rank());
-  // fp32 weights on a GPU: TF32 tensor cores for the matmuls (attention runs bf16 flash).
-  if (device_.is_cuda()) at::globalContext().setAllowTF32CuBLAS(true);
+  // fp32 weights on a GPU (backbones trained from scratch): TF32 tensor cores for the matmuls and
+  // bf16 flash attention. Forward-only commands (eval, forward, head-scores) stay exact fp32.
+  if (device_.is_cuda()) {
+    at::globalContext().setAllowTF32CuBLAS(true);
+    attention::set_fp32_attention_in_bf16(true);
+  }
   dtype_ = model::resolve_dtype(cfg.model_dtype, device_, "model.dtype");
   auto ds = data::Dataset::open(cfg.data_path);
   model_ = model::load_model(cfg.model_path, dtype_, device_);
