@@ -107,7 +107,9 @@ TEST(Attention, TokensDoNotSeeOtherSamplesOfThePack) {
   }
 }
 
-TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
+namespace {
+
+void check_routing_aware_backward() {
   torch::manual_seed(3);
   auto pack = Packing::from_lengths({90, 33, 140}, torch::kCPU);
   const int64_t T = pack.tokens(), hq = 6, hkv = 3, d = 8;
@@ -136,6 +138,18 @@ TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
     auto wt = s0.index_select(0, pack.sample_id).repeat_interleave(hq / hkv, 1).unsqueeze(-1);
     EXPECT_LT(rel_err(hybrid_attention(q, k, v, s, pack, ssa, 0.3), wt * fa + (1 - wt) * sa), 1e-12);
   }
+}
+
+}  // namespace
+
+TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
+  // The gathered (sample, head) pairs, then every head with dO masked.
+  for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
+    SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
+    set_gather_min_len(gather_min_len);
+    check_routing_aware_backward();
+  }
+  set_gather_min_len(32768);
 }
 
 TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
