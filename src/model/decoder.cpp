@@ -42,7 +42,8 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
     // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
     const bool replay = ctx.recomputing == layer_;
     if (ctx.capture_keys && !replay) ctx.capture_keys->push_back(keys.detach());
-    auto z = mask_allocator->forward(keys, ctx.pack->cu, ctx.prompts);
+    if (!ctx.pool_plan) ctx.pool_plan = router::make_pool_plan(mask_allocator->options(), ctx.pack->cu, ctx.prompts, keys.device());
+    auto z = mask_allocator->forward(keys, *ctx.pool_plan);
     if (!replay) ctx.router_logits.push_back(z.detach());
     if (ctx.mode == RoutingMode::train) {
       torch::Tensor g;
@@ -233,6 +234,7 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
                 "forward: token ids must be [" << ctx.pack->tokens() << "], got " << ids.sizes());
   if (!ctx.cos.defined()) prepare(ctx);
   ctx.decisions.clear();
+  ctx.pool_plan.reset();  // a new pass may carry another pack
   ctx.router_logits.clear();
   auto h = model->embed_tokens->forward(ids.to(opts_.device()));
   for (auto& layer : model->layers) h = layer->forward(h, ctx);

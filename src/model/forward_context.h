@@ -4,6 +4,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "attention/packing.h"
@@ -42,6 +43,7 @@ struct ForwardContext {
   // recomputes the layer, so the recomputed decisions equal the forward's), and the layer being
   // recomputed (-1: none; its decisions land in `recomputed_s` instead of `decisions`).
   std::vector<torch::Tensor> noise;
+  std::optional<router::PoolPlan> pool_plan;  // built by the first router of the pass
   int64_t recomputing = -1;
   torch::Tensor recomputed_s;
   // When set, each layer's router input (pre-RoPE keys) is appended here (inspection).

@@ -44,8 +44,8 @@ void RouterImpl::reset_parameters() {
   last->bias.zero_();
 }
 
-torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const std::vector<int64_t>& cu,
-                               const std::vector<PromptRange>& prompts) const {
+PoolPlan make_pool_plan(const RouterOptions& opt, const std::vector<int64_t>& cu,
+                        const std::vector<PromptRange>& prompts, torch::Device device) {
   const int64_t B = static_cast<int64_t>(cu.size()) - 1;
   ELASTIC_CHECK(static_cast<int64_t>(prompts.size()) == B,
                 "router: " << prompts.size() << " prompt ranges for " << B << " samples");
@@ -56,7 +56,7 @@ torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const std::vector<int6
     int64_t pb = std::clamp<int64_t>(prompts[b].begin, 0, n - 1);
     int64_t pe = std::clamp<int64_t>(prompts[b].end, pb + 1, n);
     std::vector<int64_t> rows;
-    switch (opt_.pooling) {
+    switch (opt.pooling) {
       case Pooling::first_token: rows.push_back(pb); break;
       case Pooling::prompt_mean:
         for (int64_t i = pb; i < pe; ++i) rows.push_back(i);
@@ -64,7 +64,7 @@ torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const std::vector<int6
       case Pooling::boundary: {
         // Mean over the concatenation of the first P and the last P prompt tokens
         // (tokens in both halves of a short prompt count twice, as in the reference).
-        const int64_t p = std::min(opt_.pool_tokens, pe - pb);
+        const int64_t p = std::min(opt.pool_tokens, pe - pb);
         for (int64_t i = pb; i < pb + p; ++i) rows.push_back(i);
         for (int64_t i = pe - p; i < pe; ++i) rows.push_back(i);
         break;
@@ -76,13 +76,19 @@ torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const std::vector<int6
       w.push_back(1.0f / static_cast<float>(rows.size()));
     }
   }
-  auto dev = keys.device();
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto ti = torch::tensor(idx, i64).to(dev);
-  auto ts = torch::tensor(seg, i64).to(dev);
-  auto tw = torch::tensor(w, torch::TensorOptions().dtype(torch::kFloat32)).to(dev);
-  auto rows = keys.index_select(0, ti).to(torch::kFloat32) * tw.view({-1, 1, 1});
-  return torch::zeros({B, keys.size(1), keys.size(2)}, rows.options()).index_add(0, ts, rows);
+  return {B, torch::tensor(idx, i64).to(device), torch::tensor(seg, i64).to(device),
+          torch::tensor(w, torch::TensorOptions().dtype(torch::kFloat32)).to(device)};
+}
+
+torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const PoolPlan& plan) const {
+  auto rows = keys.index_select(0, plan.rows).to(torch::kFloat32) * plan.weight.view({-1, 1, 1});
+  return torch::zeros({plan.samples, keys.size(1), keys.size(2)}, rows.options()).index_add(0, plan.segment, rows);
+}
+
+torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const std::vector<int64_t>& cu,
+                               const std::vector<PromptRange>& prompts) const {
+  return pool(keys, make_pool_plan(opt_, cu, prompts, keys.device()));
 }
 
 torch::Tensor RouterImpl::logits(const torch::Tensor& pooled) {
@@ -94,5 +100,7 @@ torch::Tensor RouterImpl::forward(const torch::Tensor& keys, const std::vector<i
                                   const std::vector<PromptRange>& prompts) {
   return logits(pool(keys, cu, prompts));
 }
+
+torch::Tensor RouterImpl::forward(const torch::Tensor& keys, const PoolPlan& plan) { return logits(pool(keys, plan)); }
 
 }  // namespace elastic::router

@@ -26,14 +26,26 @@ struct PromptRange {
   int64_t begin = 0, end = 0;
 };
 
+// Which key rows each sample's pooled vector averages, with their weights, on the device. It
+// depends only on the pack, the prompt ranges and the pooling options, so one plan serves every
+// layer and the checkpoint recompute (three host-to-device copies per step, not per layer).
+struct PoolPlan {
+  int64_t samples = 0;
+  torch::Tensor rows, segment, weight;  // [R] int64, [R] int64, [R] fp32
+};
+PoolPlan make_pool_plan(const RouterOptions& opt, const std::vector<int64_t>& cu,
+                        const std::vector<PromptRange>& prompts, torch::Device device);
+
 class RouterImpl : public torch::nn::Module {
  public:
   explicit RouterImpl(const RouterOptions& opt);
   // keys [T, Hkv, d] (pre-RoPE, post k_norm); cu: pack boundaries [B+1]; returns logits [B, Hkv, 2] fp32.
   torch::Tensor forward(const torch::Tensor& keys, const std::vector<int64_t>& cu,
                         const std::vector<PromptRange>& prompts);
+  torch::Tensor forward(const torch::Tensor& keys, const PoolPlan& plan);
   torch::Tensor pool(const torch::Tensor& keys, const std::vector<int64_t>& cu,
                      const std::vector<PromptRange>& prompts) const;
+  torch::Tensor pool(const torch::Tensor& keys, const PoolPlan& plan) const;
   torch::Tensor logits(const torch::Tensor& pooled);  // [B,Hkv,d] -> [B,Hkv,2]
   void reset_parameters();
   const RouterOptions& options() const { return opt_; }
