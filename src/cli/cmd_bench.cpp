@@ -129,13 +129,49 @@ int cmd_bench_train(int argc, char** argv) {
     auto both = timer.median_ms([&] { attention::hybrid_attention_autograd_both(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
     auto keys = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o);
     auto router0 = m->routers()[0];
-    auto router_ms = timer.median_ms([&] { router0->forward(keys, pack.cu, prompts).sum().backward(); }, 5);
+    auto plan = router::make_pool_plan(router0->options(), pack.cu, prompts, device);
+    auto router_ms = timer.median_ms([&] { router0->forward(keys, plan).sum().backward(); }, 5);
+    // One decoder layer as the step runs it: the first (no-grad) pass, then the checkpointed
+    // layer's forward + recompute + backward; and the loss on the final hidden states.
+    model::ForwardContext lctx;
+    lctx.pack = &pack;
+    lctx.prompts = prompts;
+    lctx.ssa = ssa;
+    lctx.mode = model::RoutingMode::train;
+    lctx.checkpoint = !a.flag("no-checkpoint");
+    lctx.offload_checkpoints = a.flag("offload");
+    auto lgen = router::routing_generator(1, 0, 0);
+    lctx.gen = &lgen;
+    m->prepare(lctx);
+    auto layer0 = m->model->layers[0];
+    auto x = torch::randn({T, mc.hidden_size}, o);
+    auto dy = torch::randn({T, mc.hidden_size}, o);
+    auto layer_fwd = timer.median_ms([&] {
+      torch::NoGradGuard ng;
+      lctx.decisions.clear();
+      layer0->forward_plain(x, lctx);
+    }, 3);
+    auto layer_step = timer.median_ms([&] {
+      lctx.decisions.clear();
+      layer0->forward(x.detach().requires_grad_(), lctx).backward(dy);
+    }, 3);
+    auto h = torch::randn({T, mc.hidden_size}, o).requires_grad_();
+    auto loss_ms = timer.median_ms([&] {
+      auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+      (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
+    }, 3);
+    const double L = static_cast<double>(mc.num_layers);
     run.update({{"per_layer_ms",
                  {{"fa_forward", fa_fwd}, {"ssa_forward", ssa_fwd}, {"hybrid_fwd_bwd_routing_aware", hyb},
-                  {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms}}},
+                  {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms},
+                  {"layer_forward_no_grad", layer_fwd}, {"layer_forward_recompute_backward", layer_step}}},
+                {"loss_fwd_bwd_ms", loss_ms},
                 {"routing_aware_speedup", both / hyb},
-                {"router_share_of_step", router_ms * mc.num_layers / step_ms},
-                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * mc.num_layers / step_ms}});
+                {"router_share_of_step", router_ms * L / step_ms},
+                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * L / step_ms},
+                // Layers + loss against the whole step: the rest is embedding, optimizer and host work.
+                {"layers_share_of_step", layer_step * L / step_ms},
+                {"loss_share_of_step", loss_ms / step_ms}});
     LOG_INFO("T=" << T << ": routing-aware speed-up x" << both / hyb << ", router share " << router_ms * mc.num_layers / step_ms);
     }
     } catch (const c10::OutOfMemoryError& e) {
