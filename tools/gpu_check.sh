@@ -47,9 +47,7 @@ for s in "$@"; do
       tar -C /tmp/golden -czf "$OUT/golden.tar.gz" qwen3 llama qwen2 golden_report.json ;;
     bench-forward)
       stage bench-forward
-      M=/tmp/qwen3-8b-random
-      [ -f $M/config.json ] || (time $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 4096 \
-        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 12288 --dtype bfloat16 --device cuda --shard-mb 4096) 2>&1 | tail -4
+      M=$(model_dir qwen3-8b)
       du -sh $M
       $BUILD/elastic bench-forward --model $M --tokens 8192,32768 --samples 3 --repeat 3 --out "$OUT/bench_forward.json" \
         2>&1 | grep -v '^ ' | tail -8 || status=1 ;;
@@ -97,9 +95,7 @@ for s in "$@"; do
       fi ;;
     bench-prefill)
       stage bench-prefill
-      M=/tmp/qwen3-8b-random
-      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 4096 \
-        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 12288 --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
+      M=$(model_dir qwen3-8b)
       $BUILD/elastic bench-prefill --model $M --tokens ${PREFILL_TOKENS:-32768,65536,131072} --omega 0.7 --repeat 2 \
         --out "$OUT/bench_prefill_qwen3-8b.json" 2>&1 | grep -E "info|error" | tail -5 || status=1 ;;
     crash)
@@ -109,9 +105,7 @@ for s in "$@"; do
       done ;;
     nccl)
       stage nccl
-      M=/tmp/qwen3-4b-random
-      [ -f $M/config.json ] || $BUILD/elastic make-tiny-model --arch qwen3 --out $M --vocab 151936 --hidden 2560 \
-        --layers 36 --heads 32 --kv-heads 8 --head-dim 128 --mlp 9728 --tie --dtype bfloat16 --device cuda --shard-mb 4096 2>&1 | tail -1
+      M=$(model_dir qwen3-4b)
       D=/tmp/synth-32k.bin
       [ -f $D ] || $BUILD/elastic make-synthetic-data --out $D --vocab 151936 --samples 24 --min-len 6000 --max-len 16000 \
         --pack-tokens 32768 --answer-len 32 2>&1 | tail -1
