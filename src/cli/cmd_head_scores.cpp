@@ -10,6 +10,7 @@
 #include "data/synthetic.h"
 #include "io/atomic_file.h"
 #include "model/weights.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/head_scores.h"
@@ -38,8 +39,8 @@ int cmd_head_scores(int argc, char** argv) {
   std::string model_dir;
   if (fs::exists(src / "config.json")) {
     model_dir = src.string();
-  } else if (fs::exists(src / "model" / "config.json")) {
-    model_dir = (src / "model").string();
+  } else if (auto trained = train::trained_model(src.string())) {
+    model_dir = *trained;
   } else if (fs::exists(src / "config.yaml")) {
     model_dir = train::load_config((src / "config.yaml").string(), {}).model_path;
   } else {

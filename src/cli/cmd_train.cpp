@@ -10,6 +10,7 @@
 #include "data/synthetic.h"
 #include "io/atomic_file.h"
 #include "model/weights.h"
+#include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/evaluate.h"
 #include "train/export.h"
@@ -106,9 +107,9 @@ int cmd_eval(int argc, char** argv) {
   if (a.has("data")) overrides.push_back("data.path=" + a.get("data", ""));
   if (a.has("model")) {
     overrides.push_back("model.path=" + a.get("model", ""));
-  } else if (fs::exists(fs::path(run) / "model" / "config.json")) {
+  } else if (auto trained = train::trained_model(run)) {
     // A run that trained backbone weights is evaluated with them, not with its starting point.
-    overrides.push_back("model.path=" + (fs::path(run) / "model").string());
+    overrides.push_back("model.path=" + *trained);
   }
   auto cfg = train::load_config(cfg_path, overrides);
   apply_log_level(cfg.log_level);

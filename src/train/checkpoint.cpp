@@ -16,6 +16,14 @@ namespace fs = std::filesystem;
 
 std::string checkpoint_root(const std::string& output_dir) { return (fs::path(output_dir) / "checkpoints").string(); }
 
+std::string trained_model_dir(const std::string& output_dir) { return (fs::path(output_dir) / "model").string(); }
+
+std::optional<std::string> trained_model(const std::string& output_dir) {
+  const auto dir = trained_model_dir(output_dir);
+  if (!fs::exists(fs::path(dir) / "config.json")) return std::nullopt;
+  return dir;
+}
+
 std::string checkpoint_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));

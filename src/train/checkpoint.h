@@ -14,6 +14,10 @@
 namespace elastic::train {
 
 std::string checkpoint_root(const std::string& output_dir);
+// Where a run that trains backbone weights writes them (a Hugging Face model directory), and
+// that directory if the run has written it.
+std::string trained_model_dir(const std::string& output_dir);
+std::optional<std::string> trained_model(const std::string& output_dir);
 std::string checkpoint_name(int64_t step);
 
 // Runs `write(tmp_dir)`, then fsyncs and renames tmp_dir to root/name; keeps the newest `keep`.

@@ -420,8 +420,8 @@ void Trainer::write_outputs(const json& last) {
     LOG_INFO("router written to " << (fs::path(cfg_.output_dir) / "router.safetensors").string());
   }
   if (!backbone_params_.empty()) {
-    model::save_model(model_, (fs::path(cfg_.output_dir) / "model").string());
-    LOG_INFO("trained backbone written to " << (fs::path(cfg_.output_dir) / "model").string());
+    model::save_model(model_, trained_model_dir(cfg_.output_dir));
+    LOG_INFO("trained backbone written to " << trained_model_dir(cfg_.output_dir));
   }
   io::write_file_atomic((fs::path(cfg_.output_dir) / "summary.json").string(), last.dump(2) + "\n");
 }
