@@ -1,5 +1,5 @@
 // Shared by the bench-* subcommands: median timing with device synchronisation, and packs
-// split evenly into samples.
+// split into samples by relative lengths.
 #pragma once
 #include <torch/torch.h>
 
@@ -31,14 +31,8 @@ struct Timer {
   }
 };
 
-// `tokens` split into `samples` lengths that differ by at most one.
-inline std::vector<int64_t> even_lengths(int64_t tokens, int64_t samples) {
-  std::vector<int64_t> out;
-  for (int64_t b = 0; b < samples; ++b) out.push_back(tokens / samples + (b < tokens % samples ? 1 : 0));
-  return out;
-}
-
-// `tokens` split into samples with relative lengths `mix` (the last takes the rounding remainder).
+// `tokens` split into samples with relative lengths `mix` (the last takes the rounding remainder;
+// equal weights give lengths that differ by at most the number of samples).
 inline std::vector<int64_t> mixed_lengths(int64_t tokens, const std::vector<int64_t>& mix) {
   int64_t total = 0, used = 0;
   for (auto w : mix) total += w;

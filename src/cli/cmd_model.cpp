@@ -165,7 +165,7 @@ int cmd_bench_forward(int argc, char** argv) {
   const int64_t nsamples = a.get_int("samples", 3), repeat = a.get_int("repeat", 5);
   torch::NoGradGuard ng;
   for (int64_t T : sizes) {
-    const auto lengths = even_lengths(T, nsamples);
+    const auto lengths = mixed_lengths(T, std::vector<int64_t>(static_cast<size_t>(nsamples), 1));
     auto pack = attention::Packing::from_lengths(lengths, device);
     auto ids = torch::randint(m->config().vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64)).to(device);
     const double med = timer.median_ms([&] {
