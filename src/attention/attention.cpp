@@ -14,11 +14,12 @@ std::atomic<bool> g_fp32_in_bf16{false};
 // Full-attention backend: 0 auto, 1 flash, 2 cudnn.
 std::atomic<int> g_full_backend{0};
 
-// auto: cuDNN for packs of long samples (per-sample calls; 1.17x flash on a Qwen3-4B step at
-// 64K on the H100), flash for many short ones, where one varlen launch wins.
-bool use_cudnn(const Packing& pack) {
+// Full causal attention only (cuDNN has no window). auto: cuDNN for packs of long samples
+// (per-sample calls; 1.17x flash on a Qwen3-4B step at 64K on the H100), flash for many short
+// ones, where one varlen launch wins.
+bool use_cudnn(const Packing& pack, MaskSpec mask) {
   const int b = g_full_backend;
-  return b == 2 || (b == 0 && pack.max_len >= 1024);
+  return mask.full() && (b == 2 || (b == 0 && pack.max_len >= 1024));
 }
 // Query rows per block: small on the CPU (cache), large on GPUs (fewer launches).
 int64_t block_rows(const torch::Tensor& q) { return q.is_cuda() ? 1024 : 128; }
@@ -436,7 +437,7 @@ AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, co
       auto f = flash_forward(to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(), pack, mask, scale);
       return {f.out.to(torch::kFloat32), f.lse};
     }
-    if (mask.full() && q.scalar_type() != torch::kFloat32 && use_cudnn(pack)) {
+    if (use_cudnn(pack, mask)) {
       return cudnn_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, scale);
     }
     return flash_forward(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
@@ -455,7 +456,7 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
                               AttnForward{to_bf16(fwd.out), fwd.lse}, pack, mask, scale);
       return {g.dq.to(torch::kFloat32), g.dk.to(torch::kFloat32), g.dv.to(torch::kFloat32)};
     }
-    if (mask.full() && q.scalar_type() != torch::kFloat32 && use_cudnn(pack)) {
+    if (use_cudnn(pack, mask)) {
       return cudnn_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, scale);
     }
     return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
