@@ -73,25 +73,21 @@ void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const to
                      MaskSpec mask, double scale, bool hard, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   auto weighted = [&] { return (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d}); };
-  if (pack.max_len < g_gather_min_len) {
-    // Exact: heads outside the branch get zero dO, hence zero gradients.
-    if (!w.ne(0).any().item<bool>()) return;
-    auto g = attention_backward(weighted(), q, k, v, fwd, pack, mask, scale);
+  // Every head at once; exact because heads outside the branch have zero weight, hence zero dO.
+  auto all_heads = [&](const torch::Tensor& dout_w) {
+    auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
     dq.add_(g.dq);
     dk.add_(g.dk);
     dv.add_(g.dv);
+  };
+  if (pack.max_len < g_gather_min_len) {
+    if (w.ne(0).any().item<bool>()) all_heads(weighted());
     return;
   }
   auto sel = select_pairs(w, pack, q.device());
   if (sel.selected == 0) return;
   auto dout_w = hard ? dout : weighted();
-  if (sel.all) {
-    auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
-    dq.add_(g.dq);
-    dk.add_(g.dk);
-    dv.add_(g.dv);
-    return;
-  }
+  if (sel.all) return all_heads(dout_w);
   const auto idx = sel.index();
   auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
   auto k_s = k.index(idx).unsqueeze(1).contiguous();                       // [N,1,d]
