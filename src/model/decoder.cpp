@@ -40,7 +40,7 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
   } else {
     ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
     // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
-    const bool replay = ctx.recomputing == layer_;
+    const bool replay = ctx.recomputing;
     if (ctx.capture_keys && !replay) ctx.capture_keys->push_back(keys.detach());
     if (!ctx.pool_plan) ctx.pool_plan = router::make_pool_plan(mask_allocator->options(), ctx.pack->cu, ctx.prompts, keys.device());
     auto z = mask_allocator->forward(keys, *ctx.pool_plan);
@@ -60,11 +60,7 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
       s = router::hard_decision(z);
     }
   }
-  if (ctx.recomputing == layer_) {
-    ctx.recomputed_s = s;
-  } else {
-    ctx.decisions.push_back(s);
-  }
+  ctx.decisions.push_back(s);
   return s;
 }
 
@@ -159,12 +155,14 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     torch::Tensor out, s;
     {
       torch::AutoGradMode on(true);
-      ctx->recomputing = layer->self_attn->layer_index();
-      ctx->recomputed_s = torch::Tensor();
+      ctx->recomputing = true;
       out = layer->forward_plain(x, *ctx);
-      s = ctx->recomputed_s;
-      ctx->recomputing = -1;
-      ctx->recomputed_s = torch::Tensor();
+      ctx->recomputing = false;
+      // The recomputed decisions are this backward's, not the pass's record: take them back off.
+      if (ctx->mode != RoutingMode::off) {
+        s = ctx->decisions.back();
+        ctx->decisions.pop_back();
+      }
     }
     std::vector<torch::Tensor> outs, gs;
     if (out.requires_grad() && grads[0].defined()) {

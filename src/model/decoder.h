@@ -13,11 +13,9 @@ namespace elastic::model {
 class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
-  // Routing decisions come from ctx.mode and are recorded in ctx.decisions (in
-  // ctx.recomputed_s while the checkpoint backward recomputes this layer).
+  // Routing decisions come from ctx.mode and are appended to ctx.decisions.
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
   void attach_router(const router::RouterOptions& opt);
-  int64_t layer_index() const { return layer_; }
 
   Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};

@@ -39,13 +39,11 @@ struct ForwardContext {
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;
   std::vector<torch::Tensor> router_logits;
-  // Checkpointing internals: the Gumbel noise each layer drew (replayed when the backward
-  // recomputes the layer, so the recomputed decisions equal the forward's), and the layer being
-  // recomputed (-1: none; its decisions land in `recomputed_s` instead of `decisions`).
+  // Checkpointing internals: the Gumbel noise each layer drew (replayed while the backward
+  // recomputes a layer, so the recomputed decisions equal the forward's).
   std::vector<torch::Tensor> noise;
+  bool recomputing = false;
   std::optional<router::PoolPlan> pool_plan;  // built by the first router of the pass
-  int64_t recomputing = -1;
-  torch::Tensor recomputed_s;
   // When set, each layer's router input (pre-RoPE keys) is appended here (inspection).
   std::vector<torch::Tensor>* capture_keys = nullptr;
   // When set, each layer's post-RoPE (q, k) are appended here (head scoring, analysis).
