@@ -67,114 +67,112 @@ int cmd_bench_train(int argc, char** argv) {
     const auto lengths = mixed_lengths(T, mix);
     json run = {{"tokens", T}, {"samples", lengths}};
     try {
-    auto pack = attention::Packing::from_lengths(lengths, device);
-    auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
-    // Labels on the last 5% of each sample (the answer of an SFT sample).
-    auto labels = torch::zeros({T}, torch::kUInt8);
-    for (int64_t b = 0; b < nsamples; ++b) {
-      const int64_t n = lengths[b], k = std::max<int64_t>(1, n / 20);
-      labels.narrow(0, pack.cu[b + 1] - k, k).fill_(1);
-    }
-    std::vector<router::PromptRange> prompts;
-    for (auto n : lengths) prompts.push_back({0, n - std::max<int64_t>(1, n / 20)});
-    double omega = 0;
-    int64_t step_no = 0;
-    auto train_step = [&] {
-      model::ForwardContext ctx;
-      ctx.pack = &pack;
-      ctx.prompts = prompts;
-      ctx.ssa = ssa;
-      ctx.mode = model::RoutingMode::train;
-      ctx.checkpoint = !a.flag("no-checkpoint");
-      ctx.offload_checkpoints = a.flag("offload");
-      auto gen = router::routing_generator(0, 0, step_no++);
-      ctx.gen = &gen;
-      auto h = m->forward_hidden(ids, ctx);
-      auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
-      auto om = train::model_sparsity(ctx.decisions);
-      auto loss = lm.sum / std::max<int64_t>(lm.tokens, 1) + (om - 0.7).abs().mean();
-      loss.backward();
-      opt.step();
-      opt.zero_grad();
-      omega = om.mean().item<double>();
-    };
-    reset_peak_memory(device);
-    const double step_ms = timer.median_ms(train_step, steps);
-    const double peak_gb = peak_memory_gb(device);
-    // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
-    // sample and layer, backward input gradients 2PT + 2.5x attention forward.
-    const double P = static_cast<double>(mc.num_parameters() - mc.vocab_size * mc.hidden_size);
-    double attn = 0;
-    for (auto n : lengths) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers;
-    const double flops = 2 * P * T + attn + 2 * P * T + 2.5 * attn;
-    run.update({{"step_ms", step_ms},
-                {"tokens_per_s", T / (step_ms / 1e3)},
-                {"mfu_dense_equivalent", flops / (step_ms / 1e3) / (peak * 1e12)},
-                {"peak_memory_gb", peak_gb},
-                {"omega_msr", omega}});
-    LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
-                  << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
-    if (!a.flag("no-breakdown")) {
-    // One layer's attention, at this pack, with the measured routing mix.
-    auto o = torch::TensorOptions().dtype(dtype).device(device);
-    auto q = torch::randn({T, mc.num_heads, mc.head_dim}, o).requires_grad_();
-    auto k = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
-    auto v = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
-    auto s = (torch::rand({nsamples, mc.num_kv_heads}) > omega).to(torch::kFloat32).to(device).requires_grad_();
-    auto dout = torch::randn({T, mc.num_heads, mc.head_dim}, o);
-    const double sc = 1.0 / std::sqrt(static_cast<double>(mc.head_dim));
-    auto fa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }, 5);
-    auto ssa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, ssa, sc); }, 5);
-    auto hyb = timer.median_ms([&] { attention::hybrid_attention(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
-    auto both = timer.median_ms([&] { attention::hybrid_attention_autograd_both(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
-    auto keys = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o);
-    auto router0 = m->routers()[0];
-    auto plan = router::make_pool_plan(router0->options(), pack.cu, prompts, device);
-    auto router_ms = timer.median_ms([&] { router0->forward(keys, plan).sum().backward(); }, 5);
-    // One decoder layer as the step runs it: the first (no-grad) pass, then the checkpointed
-    // layer's forward + recompute + backward; and the loss on the final hidden states.
-    model::ForwardContext lctx;
-    lctx.pack = &pack;
-    lctx.prompts = prompts;
-    lctx.ssa = ssa;
-    lctx.mode = model::RoutingMode::train;
-    lctx.checkpoint = !a.flag("no-checkpoint");
-    lctx.offload_checkpoints = a.flag("offload");
-    auto lgen = router::routing_generator(1, 0, 0);
-    lctx.gen = &lgen;
-    m->prepare(lctx);
-    auto layer0 = m->model->layers[0];
-    auto x = torch::randn({T, mc.hidden_size}, o);
-    auto dy = torch::randn({T, mc.hidden_size}, o);
-    auto layer_fwd = timer.median_ms([&] {
-      torch::NoGradGuard ng;
-      lctx.decisions.clear();
-      layer0->forward_plain(x, lctx);
-    }, 3);
-    auto layer_step = timer.median_ms([&] {
-      lctx.decisions.clear();
-      layer0->forward(x.detach().requires_grad_(), lctx).backward(dy);
-    }, 3);
-    auto h = torch::randn({T, mc.hidden_size}, o).requires_grad_();
-    auto loss_ms = timer.median_ms([&] {
-      auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
-      (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
-    }, 3);
-    const double L = static_cast<double>(mc.num_layers);
-    run.update({{"per_layer_ms",
-                 {{"fa_forward", fa_fwd}, {"ssa_forward", ssa_fwd}, {"hybrid_fwd_bwd_routing_aware", hyb},
-                  {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms},
-                  {"layer_forward_no_grad", layer_fwd}, {"layer_forward_recompute_backward", layer_step}}},
-                {"loss_fwd_bwd_ms", loss_ms},
-                {"routing_aware_speedup", both / hyb},
-                {"router_share_of_step", router_ms * L / step_ms},
-                {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * L / step_ms},
-                // Layers + loss against the whole step: the rest is embedding, optimizer and host work.
-                {"layers_share_of_step", layer_step * L / step_ms},
-                {"loss_share_of_step", loss_ms / step_ms}});
-    LOG_INFO("T=" << T << ": routing-aware speed-up x" << both / hyb << ", router share " << router_ms * mc.num_layers / step_ms);
-    }
-    } catch (const c10::OutOfMemoryError& e) {
+      auto pack = attention::Packing::from_lengths(lengths, device);
+      auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
+      // Labels on the last 5% of each sample (the answer of an SFT sample).
+      auto labels = torch::zeros({T}, torch::kUInt8);
+      for (int64_t b = 0; b < nsamples; ++b) {
+        const int64_t n = lengths[b], k = std::max<int64_t>(1, n / 20);
+        labels.narrow(0, pack.cu[b + 1] - k, k).fill_(1);
+      }
+      std::vector<router::PromptRange> prompts;
+      for (auto n : lengths) prompts.push_back({0, n - std::max<int64_t>(1, n / 20)});
+      // A training forward pass over this pack, routed with Gumbel noise from `gen`.
+      auto train_context = [&](torch::Generator& gen) {
+        model::ForwardContext ctx;
+        ctx.pack = &pack;
+        ctx.prompts = prompts;
+        ctx.ssa = ssa;
+        ctx.mode = model::RoutingMode::train;
+        ctx.checkpoint = !a.flag("no-checkpoint");
+        ctx.offload_checkpoints = a.flag("offload");
+        ctx.gen = &gen;
+        return ctx;
+      };
+      double omega = 0;
+      int64_t step_no = 0;
+      auto train_step = [&] {
+        auto gen = router::routing_generator(0, 0, step_no++);
+        auto ctx = train_context(gen);
+        auto h = m->forward_hidden(ids, ctx);
+        auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+        auto om = train::model_sparsity(ctx.decisions);
+        auto loss = lm.sum / std::max<int64_t>(lm.tokens, 1) + (om - 0.7).abs().mean();
+        loss.backward();
+        opt.step();
+        opt.zero_grad();
+        omega = om.mean().item<double>();
+      };
+      reset_peak_memory(device);
+      const double step_ms = timer.median_ms(train_step, steps);
+      const double peak_gb = peak_memory_gb(device);
+      // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
+      // sample and layer, backward input gradients 2PT + 2.5x attention forward.
+      const double P = static_cast<double>(mc.num_parameters() - mc.vocab_size * mc.hidden_size);
+      double attn = 0;
+      for (auto n : lengths) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers;
+      const double flops = 2 * P * T + attn + 2 * P * T + 2.5 * attn;
+      run.update({{"step_ms", step_ms},
+                  {"tokens_per_s", T / (step_ms / 1e3)},
+                  {"mfu_dense_equivalent", flops / (step_ms / 1e3) / (peak * 1e12)},
+                  {"peak_memory_gb", peak_gb},
+                  {"omega_msr", omega}});
+      LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
+                    << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
+      if (!a.flag("no-breakdown")) {
+        // One layer's attention, at this pack, with the measured routing mix.
+        auto o = torch::TensorOptions().dtype(dtype).device(device);
+        auto q = torch::randn({T, mc.num_heads, mc.head_dim}, o).requires_grad_();
+        auto k = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
+        auto v = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o).requires_grad_();
+        auto s = (torch::rand({nsamples, mc.num_kv_heads}) > omega).to(torch::kFloat32).to(device).requires_grad_();
+        auto dout = torch::randn({T, mc.num_heads, mc.head_dim}, o);
+        const double sc = 1.0 / std::sqrt(static_cast<double>(mc.head_dim));
+        auto fa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }, 5);
+        auto ssa_fwd = timer.median_ms([&] { torch::NoGradGuard ng; attention::attention_forward(q, k, v, pack, ssa, sc); }, 5);
+        auto hyb = timer.median_ms([&] { attention::hybrid_attention(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
+        auto both = timer.median_ms([&] { attention::hybrid_attention_autograd_both(q, k, v, s, pack, ssa, sc).backward(dout); }, 5);
+        auto keys = torch::randn({T, mc.num_kv_heads, mc.head_dim}, o);
+        auto router0 = m->routers()[0];
+        auto plan = router::make_pool_plan(router0->options(), pack.cu, prompts, device);
+        auto router_ms = timer.median_ms([&] { router0->forward(keys, plan).sum().backward(); }, 5);
+        // One decoder layer as the step runs it: the first (no-grad) pass, then the checkpointed
+        // layer's forward + recompute + backward; and the loss on the final hidden states.
+        auto lgen = router::routing_generator(1, 0, 0);
+        auto lctx = train_context(lgen);
+        m->prepare(lctx);
+        auto layer0 = m->model->layers[0];
+        auto x = torch::randn({T, mc.hidden_size}, o);
+        auto dy = torch::randn({T, mc.hidden_size}, o);
+        auto layer_fwd = timer.median_ms([&] {
+          torch::NoGradGuard ng;
+          lctx.decisions.clear();
+          layer0->forward_plain(x, lctx);
+        }, 3);
+        auto layer_step = timer.median_ms([&] {
+          lctx.decisions.clear();
+          layer0->forward(x.detach().requires_grad_(), lctx).backward(dy);
+        }, 3);
+        auto h = torch::randn({T, mc.hidden_size}, o).requires_grad_();
+        auto loss_ms = timer.median_ms([&] {
+          auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+          (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
+        }, 3);
+        const double L = static_cast<double>(mc.num_layers);
+        run.update({{"per_layer_ms",
+                     {{"fa_forward", fa_fwd}, {"ssa_forward", ssa_fwd}, {"hybrid_fwd_bwd_routing_aware", hyb},
+                      {"hybrid_fwd_bwd_autograd_both", both}, {"router_fwd_bwd", router_ms},
+                      {"layer_forward_no_grad", layer_fwd}, {"layer_forward_recompute_backward", layer_step}}},
+                    {"loss_fwd_bwd_ms", loss_ms},
+                    {"routing_aware_speedup", both / hyb},
+                    {"router_share_of_step", router_ms * L / step_ms},
+                    {"attention_share_of_step_est", (hyb + fa_fwd + ssa_fwd) * L / step_ms},
+                    // Layers + loss against the whole step: the rest is embedding, optimizer and host work.
+                    {"layers_share_of_step", layer_step * L / step_ms},
+                    {"loss_share_of_step", loss_ms / step_ms}});
+        LOG_INFO("T=" << T << ": routing-aware speed-up x" << both / hyb << ", router share " << router_ms * L / step_ms);
+      }
+    } catch (const c10::OutOfMemoryError&) {
       // The longest pack that fits is a result too: record it and go on with the next size.
       run["oom"] = true;
       LOG_WARN("T=" << T << ": out of GPU memory");
