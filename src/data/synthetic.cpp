@@ -102,8 +102,8 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
   std::vector<int32_t> answer;
   // Context body: total minus BOS, the question block (A + 2 tokens) and answer + EOS.
   const int64_t body = length - 1 - (A + 2) - (A + 1);
-  // A pair at a uniform offset in [lo, hi) of the body's free space.
-  auto offset = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(b.rng() % std::max<int64_t>(1, hi - lo)); };
+  // A uniform offset in [0, n) of the body's free space.
+  auto offset = [&](int64_t n) { return static_cast<int64_t>(b.rng() % std::max<int64_t>(1, n)); };
   switch (task) {
     case SyntheticTask::retrieval:
     case SyntheticTask::multihop: {
@@ -122,7 +122,7 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
       // distractor pairs anywhere. Offsets are into the free space, so pairs never overlap.
       const int64_t far = std::max<int64_t>(1, static_cast<int64_t>(opt.far_fraction * space));
       std::vector<int64_t> at;
-      for (int64_t i = 0; i < P; ++i) at.push_back(i < (hop ? 2 : 1) ? offset(0, far) : offset(0, space + 1));
+      for (int64_t i = 0; i < P; ++i) at.push_back(i < (hop ? 2 : 1) ? offset(far) : offset(space + 1));
       plant(b, pairs, at, space);
       b.t.push_back(kQuery);
       b.filler(A - 1);
