@@ -335,6 +335,7 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
             omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns))
             times.append((time.perf_counter() - t0) * 1e3)
     step_ms = statistics.median(times)
+    profile = profile_step(model, opt, pack, args.warmup + args.steps, args.seed, layer_fns) if args.profile and cuda else None
     T = pack.T
     P = sum(p.numel() for n, p in model.named_parameters() if ".router." not in n) - c["vocab"] * c["hidden"]
     attn = sum(2.0 * n * n * c["head_dim"] * c["heads"] * c["layers"] for n in lengths)
@@ -342,7 +343,50 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
     return {"tokens": T, "samples": list(lengths), "step_ms": step_ms, "tokens_per_s": T / (step_ms / 1e3),
             "mfu_dense_equivalent": flops / (step_ms / 1e3) / (args.peak_tflops * 1e12),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
-            "omega_msr": torch.stack(omegas).mean().item(), "step_ms_all": times}
+            "omega_msr": torch.stack(omegas).mean().item(), "step_ms_all": times,
+            **({"profile": profile} if profile else {})}
+
+
+def kernel_category(name):
+    """Same classes as src/util/kernel_profile.cpp, so the two profiles compare line by line."""
+    n = name.lower()
+    bwd = any(w in n for w in ("bwd", "backward", "dgrad", "bprop"))
+    if "elastic" in n or "triton" in n: return "fused"  # ours, or Inductor's
+    if "nccl" in n: return "collective"
+    if any(w in n for w in ("cudnn", "sdpa", "fmha")): return "attention_cudnn_bwd" if bwd else "attention_cudnn_fwd"
+    if "flash" in n: return "attention_flash_bwd" if bwd else "attention_flash_fwd"
+    if any(w in n for w in ("gemm", "cutlass", "nvjet", "xmma", "cublas")): return "matmul"
+    if "norm" in n: return "norm"
+    if any(w in n for w in ("reduce", "softmax", "logsumexp")): return "reduction"
+    if any(w in n for w in ("index", "gather", "scatter", "cat", "embedding")): return "index"
+    if any(w in n for w in ("memcpy", "memset", "copy")): return "copy"
+    if any(w in n for w in ("elementwise", "vectorized", "unrolled", "pointwise")): return "elementwise"
+    return "other"
+
+
+def profile_step(model, opt, pack, step_no, seed, layer_fns):
+    """One step under torch.profiler: device time by kernel and category (bench-train --profile's twin)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        train_step(model, opt, pack, step_no, seed, layer_fns)
+        torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1e3
+    kernels = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        k = kernels.setdefault(e.name, {"name": e.name[:160], "category": kernel_category(e.name), "ms": 0.0, "calls": 0})
+        k["ms"] += e.device_time / 1e3
+        k["calls"] += 1
+    cats, gpu = {}, 0.0
+    for k in kernels.values():
+        cats[k["category"]] = cats.get(k["category"], 0.0) + k["ms"]
+        gpu += k["ms"]
+    top = sorted(kernels.values(), key=lambda k: -k["ms"])[:30]
+    return {"wall_ms": wall, "gpu_ms": gpu, "gpu_idle_fraction": 1 - gpu / wall, "category_ms": cats,
+            "kernels": len(kernels), "top_kernels": top}
 
 
 def even_lengths(T, n):
@@ -439,6 +483,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--check", action="store_true", help="compare the attention paths with float64 brute force")
+    ap.add_argument("--profile", action="store_true", help="one more step under torch.profiler: device time by kernel")
     ap.add_argument("--out")
     args = ap.parse_args()
 

@@ -81,18 +81,17 @@ for s in "$@"; do
       stage attn-backends
       python3 bench/attention_backends.py --out "$OUT/attention_backends.json" 2>&1 | tail -8 || status=1 ;;
     profile)
-      # Kernel-time summary of two Qwen3-4B training steps at 32K (nsys, when installed).
+      # Device time by kernel category of one Qwen3-8B step, this trainer and the PyTorch port.
       stage profile
-      M=$(model_dir qwen3-4b)
-      if command -v nsys >/dev/null; then
-        nsys profile -o /tmp/step --force-overwrite true -t cuda,nvtx $BUILD/elastic bench-train --model $M \
-          --tokens ${PROFILE_TOKENS:-32768} --mix 1,1,2 --steps 1 --no-breakdown > /tmp/nsys.log 2>&1 || tail -5 /tmp/nsys.log
-        nsys stats -r cuda_gpu_kern_sum -f csv -o /tmp/kern /tmp/step.nsys-rep > /dev/null 2>&1
-        cp /tmp/kern_cuda_gpu_kern_sum.csv "$OUT/profile_kernels.csv" 2>/dev/null
-        head -25 "$OUT/profile_kernels.csv" | cut -c1-220
-      else
-        echo "nsys not installed"; ls /usr/local/cuda/bin | head -40
-      fi ;;
+      M=$(model_dir qwen3-8b)
+      $BUILD/elastic bench-train --model $M --tokens ${PROFILE_TOKENS:-16384,65536} --mix 1,1,1 --steps 2 --no-breakdown \
+        --profile ${BENCH_FLAGS:-} --out "$OUT/profile_elastic_qwen3-8b.json" 2>&1 | grep -E "info|warn|error" | tail -4 || status=1
+      timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset qwen3-8b --tokens ${PROFILE_TOKENS:-16384,65536} \
+        --warmup 1 --steps 2 --profile --out "$OUT/profile_reference_qwen3-8b.json" 2>&1 | tail -3 || status=1
+      python3 tools/compare_profiles.py "$OUT/profile_elastic_qwen3-8b.json" "$OUT/profile_reference_qwen3-8b.json" || status=1 ;;
+    bench-kernels)
+      stage bench-kernels
+      $BUILD/elastic bench-kernels --tokens ${KERNEL_TOKENS:-65536} --out "$OUT/bench_kernels.json" 2>&1 | grep -E "info|error" | cut -c1-220 || status=1 ;;
     bench-prefill)
       stage bench-prefill
       M=$(model_dir qwen3-8b)

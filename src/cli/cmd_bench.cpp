@@ -12,6 +12,7 @@
 #include "router/gumbel.h"
 #include "train/objective.h"
 #include "util/error.h"
+#include "util/kernel_profile.h"
 #include "util/log.h"
 #include "util/memory.h"
 
@@ -20,16 +21,31 @@ namespace elastic::cli {
 using nlohmann::json;
 
 
+namespace {
+
+json profile_json(const util::KernelProfile& p) {
+  json top = json::array();
+  for (size_t i = 0; i < std::min<size_t>(p.kernels.size(), 30); ++i) {
+    const auto& k = p.kernels[i];
+    top.push_back({{"name", k.name.substr(0, 160)}, {"category", k.category}, {"ms", k.ms}, {"calls", k.calls}});
+  }
+  return {{"wall_ms", p.wall_ms}, {"gpu_ms", p.gpu_ms}, {"gpu_idle_fraction", 1 - p.gpu_ms / p.wall_ms},
+          {"category_ms", p.category_ms}, {"kernels", p.kernels.size()}, {"top_kernels", top}};
+}
+
+}  // namespace
+
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
          {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend"},
-         {"help", "no-checkpoint", "offload", "no-breakdown"});
+         {"help", "no-checkpoint", "offload", "no-breakdown", "profile"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
                  "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --offload --no-breakdown\n"
-                 "  --out result.json]\n"
+                 "  --profile --out result.json]\n"
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
                  "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
+                 "--profile: one more step under the CUDA profiler: device time by kernel and category.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
@@ -119,6 +135,7 @@ int cmd_bench_train(int argc, char** argv) {
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
                     << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
+      if (a.flag("profile")) run["profile"] = profile_json(util::profile_kernels(train_step));
       if (!a.flag("no-breakdown")) {
         // One layer's attention, at this pack, with the measured routing mix.
         auto o = torch::TensorOptions().dtype(dtype).device(device);

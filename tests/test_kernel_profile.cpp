@@ -1,0 +1,38 @@
+// The kernel-time profiler behind bench-train --profile: categories and a CPU run.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "util/kernel_profile.h"
+
+TEST(KernelProfile, CategoriesFromKernelNames) {
+  using elastic::util::kernel_category;
+  EXPECT_EQ(kernel_category("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128>>"), "attention_flash_fwd");
+  EXPECT_EQ(kernel_category("void flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<...>"), "attention_flash_bwd");
+  EXPECT_EQ(kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3"), "attention_cudnn_fwd");
+  EXPECT_EQ(kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_7"), "attention_cudnn_bwd");
+  EXPECT_EQ(kernel_category("nvjet_tst_256x128_64x4_1x2_h_bz_coopB_NNT"), "matmul");
+  EXPECT_EQ(kernel_category("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64"), "matmul");
+  EXPECT_EQ(kernel_category("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>"),
+            "elementwise");
+  EXPECT_EQ(kernel_category("void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float>>"), "reduction");
+  EXPECT_EQ(kernel_category("void at::native::index_elementwise_kernel<128, 4>"), "index");
+  EXPECT_EQ(kernel_category("void (anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>"), "norm");
+  EXPECT_EQ(kernel_category("ncclDevKernel_AllReduce_Sum_f32_RING_LL"), "collective");
+  EXPECT_EQ(kernel_category("void elastic::kernels::rope_kernel<__nv_bfloat16>"), "fused");
+  EXPECT_EQ(kernel_category("some_unknown_kernel"), "other");
+}
+
+TEST(KernelProfile, RunsTheWorkOnceAndTimesIt) {
+  int runs = 0;
+  auto p = elastic::util::profile_kernels([&] {
+    ++runs;
+    auto a = torch::randn({256, 256});
+    (void)torch::mm(a, a).sum().item<float>();
+  });
+  EXPECT_EQ(runs, 1);
+  EXPECT_GT(p.wall_ms, 0);
+  if (!torch::cuda::is_available()) {
+    EXPECT_EQ(p.gpu_ms, 0);
+    EXPECT_TRUE(p.kernels.empty());
+  }
+}
