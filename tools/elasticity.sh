@@ -13,7 +13,8 @@
 # data,backbone,router,baselines,report; default all). Finished stages are reused when their outputs
 # exist (delete DIR to start over). Env: ELASTIC_BIN (default build/elastic), BB_SET / RT_SET (extra
 # --set overrides for the backbone / router runs, space separated), BB_STAGE1_STEPS (a first
-# backbone stage on retrieval + multihop alone; default 0 on the GPU, 4 in the smoke run).
+# backbone stage on retrieval + multihop alone; default 0 on the GPU, 4 in the smoke run), EL_SEED
+# (the initial backbone weights' seed, default 0).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 E=${ELASTIC_BIN:-$ROOT/build/elastic}
@@ -89,7 +90,7 @@ if has data; then
   fi
   [ -f "$OUT/router.bin" ] || run "$E" make-synthetic-data --out "$OUT/router.bin" "${DATA[@]}" --samples $N_ROUTER --seed 1
   [ -f "$OUT/eval.bin" ] || run "$E" make-synthetic-data --out "$OUT/eval.bin" "${DATA[@]}" --samples $N_EVAL --seed 2
-  [ -f "$OUT/init/config.json" ] || run "$E" make-tiny-model --arch "${EL_ARCH:-qwen3}" --out "$OUT/init" "${MODEL[@]}" --seed 0
+  [ -f "$OUT/init/config.json" ] || run "$E" make-tiny-model --arch "${EL_ARCH:-qwen3}" --out "$OUT/init" "${MODEL[@]}" --seed "${EL_SEED:-0}"
 fi
 
 if has backbone && [ ! -f "$OUT/backbone/model/config.json" ]; then
