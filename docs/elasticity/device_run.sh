@@ -5,6 +5,8 @@
 # BB_BUDGET seconds each; the one with the best full-attention accuracy goes on to the router,
 # baseline and report stages. Variants: V="a b c" (see VARIANT below); RT_EXTRA: more router --set.
 # Usage (repo root): OUT=/some/dir bash docs/elasticity/device_run.sh
+# Two calls when one is too short: BB_ONLY=1 stops after the backbones and leaves the best one in
+# $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/elasticity-out}; mkdir -p "$OUT"
@@ -16,22 +18,26 @@ export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdi
 M1="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
 M2="--vocab 256 --hidden 384 --layers 6 --heads 12 --kv-heads 4 --head-dim 32 --mlp 1536 --rope-theta 10000"
 # d-g (session 3): like a, with BB_STAGE1_STEPS of retrieval + multihop first; 8K or 32K-token
-# packs (PACK), two initial-weight seeds (SEED): learning the lookups is a sudden, seed-dependent event.
+# packs (PACK), initial-weight seeds (SEED; h, i: seeds 2, 3 with 32K packs): learning the lookups is
+# a sudden, seed-dependent event.
 L1="--min-len 128 --max-len 256" T1="--min-len 64 --max-len 256" S1="--set ssa.sink=8 --set ssa.window=32"
-declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1" [d]="$M1" [e]="$M1" [f]="$M1" [g]="$M1")
-declare -A LEN=([a]="$L1" [b]="$L1" [c]="--min-len 256 --max-len 512" [d]="$L1" [e]="$L1" [f]="$L1" [g]="$L1")
-declare -A TLEN=([a]="$T1" [b]="$T1" [c]="--min-len 64 --max-len 512" [d]="$T1" [e]="$T1" [f]="$T1" [g]="$T1")
-declare -A SSA=([a]="$S1" [b]="$S1" [c]="--set ssa.sink=16 --set ssa.window=64" [d]="$S1" [e]="$S1" [f]="$S1" [g]="$S1")
-declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3 [d]=3e-3 [e]=3e-3 [f]=3e-3 [g]=3e-3)
-declare -A LABELS=([a]=predictable [b]=all [c]=predictable [d]=predictable [e]=predictable [f]=predictable [g]=predictable)
-declare -A PACK=([a]=8192 [b]=8192 [c]=8192 [d]=8192 [e]=8192 [f]=32768 [g]=32768)
-declare -A SEED=([a]=0 [b]=0 [c]=0 [d]=0 [e]=1 [f]=0 [g]=1)
+declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1" [d]="$M1" [e]="$M1" [f]="$M1" [g]="$M1" [h]="$M1" [i]="$M1")
+declare -A LEN=([a]="$L1" [b]="$L1" [c]="--min-len 256 --max-len 512" [d]="$L1" [e]="$L1" [f]="$L1" [g]="$L1" [h]="$L1" [i]="$L1")
+declare -A TLEN=([a]="$T1" [b]="$T1" [c]="--min-len 64 --max-len 512" [d]="$T1" [e]="$T1" [f]="$T1" [g]="$T1" [h]="$T1" [i]="$T1")
+declare -A SSA=([a]="$S1" [b]="$S1" [c]="--set ssa.sink=16 --set ssa.window=64" [d]="$S1" [e]="$S1" [f]="$S1" [g]="$S1" [h]="$S1" [i]="$S1")
+declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3 [d]=3e-3 [e]=3e-3 [f]=3e-3 [g]=3e-3 [h]=3e-3 [i]=3e-3)
+declare -A LABELS=([a]=predictable [b]=all [c]=predictable [d]=predictable [e]=predictable [f]=predictable [g]=predictable [h]=predictable [i]=predictable)
+declare -A PACK=([a]=8192 [b]=8192 [c]=8192 [d]=8192 [e]=8192 [f]=32768 [g]=32768 [h]=32768 [i]=32768)
+declare -A SEED=([a]=0 [b]=0 [c]=0 [d]=0 [e]=1 [f]=0 [g]=1 [h]=2 [i]=3)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-a b c}
 el "data"
 for v in $V; do
   EL_SEED=${SEED[$v]} BB_LABELS=${LABELS[$v]} EL_MODEL="${MODEL[$v]}" EL_DATA="$D ${LEN[$v]} --pack-tokens ${PACK[$v]}" EL_TRAIN_LEN="${TLEN[$v]}" tools/elasticity.sh --out $R/$v --stages data > /tmp/data-$v.log 2>&1 &
 done; wait
+if [ -n "${BACKBONE_TGZ:-}" ]; then
+  for v in $V; do tar -C $R/$v -xzf "$BACKBONE_TGZ"; done; best=${V%% *}; el "backbone from $BACKBONE_TGZ"
+else
 C=configs/elasticity-backbone.yaml
 for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda >/dev/null 2>&1 & done; wait
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
@@ -48,6 +54,11 @@ for v in $V; do
   if python3 -c "import sys; sys.exit(0 if $acc > $bestacc else 1)"; then best=$v; bestacc=$acc; fi
 done
 el "best backbone: $best"
+if [ -n "${BB_ONLY:-}" ]; then
+  tar -C $R/$best -czf $OUT/backbone_$best.tgz backbone/model backbone/metrics.jsonl backbone_lookup/metrics.jsonl 2>/dev/null
+  (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el "backbones only: done"; exit 0
+fi
+fi
 RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
 tail -20 $OUT/pipeline.log
 (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el done
