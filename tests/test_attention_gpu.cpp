@@ -37,23 +37,45 @@ class AttentionGpu : public ::testing::TestWithParam<std::string> {
 
 TEST_P(AttentionGpu, MatchesExactForwardAndBackward) {
   torch::manual_seed(0);
-  const std::vector<int64_t> lengths = {300, 17, 1029, 2100};
-  for (MaskSpec mask : {MaskSpec::causal(), MaskSpec::streaming(4, 32), MaskSpec::streaming(128, 256),
-                        MaskSpec::streaming(0, 64), MaskSpec::streaming(200, 100)}) {
-    auto pack = Packing::from_lengths(lengths, torch::kCUDA);
-    auto in = make(pack.tokens(), 8, 2, 64);
-    ASSERT_TRUE(uses_flash(in.q));
-    const double scale = 0.125;
-    auto f = attention_forward(in.q, in.k, in.v, pack, mask, scale);
-    auto r = attention_forward(f64(in.q), f64(in.k), f64(in.v), pack, mask, scale);
-    EXPECT_LT(rel_err(f.out, r.out), 1e-2) << "sink " << mask.sink << " window " << mask.window;
-    EXPECT_LT((f.lse.to(torch::kFloat64) - r.lse).abs().max().item<double>(), 2e-2);
-    auto dout = torch::randn_like(in.q);
-    auto g = attention_backward(dout, in.q, in.k, in.v, f, pack, mask, scale);
-    auto gr = attention_backward(f64(dout), f64(in.q), f64(in.k), f64(in.v), r, pack, mask, scale);
-    EXPECT_LT(rel_err(g.dq, gr.dq), 2e-2) << "dq sink " << mask.sink << " window " << mask.window;
-    EXPECT_LT(rel_err(g.dk, gr.dk), 2e-2) << "dk sink " << mask.sink << " window " << mask.window;
-    EXPECT_LT(rel_err(g.dv, gr.dv), 2e-2) << "dv sink " << mask.sink << " window " << mask.window;
+  // Streaming regimes (first = window + sink - 1 is the first row that sees every sink key beyond
+  // its window): samples shorter than the window, with length in [window, first], exactly first + 1
+  // and longer; sink 0; sink > window; and packs where no sample passes first (no merge at all).
+  struct Case {
+    std::vector<int64_t> lengths;
+    std::vector<MaskSpec> masks;
+  };
+  const std::vector<Case> cases = {
+      {{300, 17, 1029, 2100, 33, 150, 384},
+       {MaskSpec::causal(), MaskSpec::streaming(4, 32), MaskSpec::streaming(128, 256), MaskSpec::streaming(0, 64),
+        MaskSpec::streaming(200, 100)}},
+      {{300, 17, 383, 256, 100}, {MaskSpec::streaming(128, 256)}},
+      {{150, 299, 40}, {MaskSpec::streaming(200, 100)}},
+  };
+  for (const auto& c : cases) {
+    for (MaskSpec mask : c.masks) {
+      SCOPED_TRACE("sink " + std::to_string(mask.sink) + " window " + std::to_string(mask.window) + " samples " +
+                   std::to_string(c.lengths.size()));
+      auto pack = Packing::from_lengths(c.lengths, torch::kCUDA);
+      auto in = make(pack.tokens(), 8, 2, 64);
+      ASSERT_TRUE(uses_flash(in.q));
+      const double scale = 0.125;
+      auto f = attention_forward(in.q, in.k, in.v, pack, mask, scale);
+      auto r = attention_forward(f64(in.q), f64(in.k), f64(in.v), pack, mask, scale);
+      EXPECT_LT(rel_err(f.out, r.out), 1e-2);
+      EXPECT_LT((f.lse.to(torch::kFloat64) - r.lse).abs().max().item<double>(), 2e-2);
+      auto dout = torch::randn_like(in.q);
+      auto g = attention_backward(dout, in.q, in.k, in.v, f, pack, mask, scale);
+      auto gr = attention_backward(f64(dout), f64(in.q), f64(in.k), f64(in.v), r, pack, mask, scale);
+      EXPECT_LT(rel_err(g.dq, gr.dq), 2e-2) << "dq";
+      EXPECT_LT(rel_err(g.dk, gr.dk), 2e-2) << "dk";
+      EXPECT_LT(rel_err(g.dv, gr.dv), 2e-2) << "dv";
+      // Per sample too: a wrong row in a short sample would vanish in the whole pack's norm.
+      for (int64_t b = 0; b < pack.num_samples(); ++b) {
+        const int64_t s0 = pack.begin(b), n = pack.length(b);
+        EXPECT_LT(rel_err(f.out.narrow(0, s0, n), r.out.narrow(0, s0, n)), 1e-2) << "out, sample of length " << n;
+        EXPECT_LT(rel_err(g.dq.narrow(0, s0, n), gr.dq.narrow(0, s0, n)), 2e-2) << "dq, sample of length " << n;
+      }
+    }
   }
 }
 

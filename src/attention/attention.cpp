@@ -3,6 +3,7 @@
 #include <atomic>
 #include <limits>
 
+#include "attention/sink_merge.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -148,8 +149,9 @@ AttnGrads blocked_backward(const torch::Tensor& dout, const torch::Tensor& q, co
 // ---- flash (CUDA, fp16/bf16) ----
 
 // Sink keys outside the window: for query i >= window, keys j < min(sink, i - window + 1).
-// Rows i >= window + sink - 1 see every sink key: one non-causal flash call over all samples
-// (SinkFull). The at most sink - 1 rows before them see a prefix of the sinks: computed densely
+// Rows i >= window + sink - 1 see every sink key: one non-causal flash pass of all query rows
+// against their sample's sink keys, merged into the windowed result by kernels/sink_merge.cu
+// (SinkKeys). The at most sink - 1 rows before them see a prefix of the sinks: computed densely
 // ([rows, sink] scores, never T x T).
 struct SinkRows {
   int64_t s0, row0, rows, nsink;  // sample start, first query row (within sample), count, sink keys
@@ -170,34 +172,33 @@ std::vector<SinkRows> sink_rows(const Packing& pack, MaskSpec mask) {
   return out;
 }
 
-struct SinkFull {
-  torch::Tensor rows, keys;  // query rows and sink key rows in the pack, int64
-  torch::Tensor cu_q, cu_k;  // int32 varlen boundaries of the sub-batch
-  int64_t max_q = 0, nk = 0;
+// The first min(sink, n) keys of every sample, as a varlen key batch for the sink pass. The pass
+// takes every query row (no gather of q, dout or out, which would be full-size copies); rows at
+// positions < first get sink outputs there too, which the merge ignores and the backward masks.
+struct SinkKeys {
+  torch::Tensor rows;  // key rows in the pack, int64
+  torch::Tensor cu;    // int32 varlen boundaries, one sequence per sample
+  int64_t max_len = 0;
+  int64_t first = 0;   // rows at positions >= first see every sink key beyond their window
   bool empty() const { return !rows.defined(); }
 };
 
-SinkFull sink_full(const Packing& pack, MaskSpec mask, torch::Device dev) {
-  SinkFull f;
-  if (mask.full() || mask.sink <= 0) return f;
-  std::vector<int64_t> rows, keys, cu_q{0}, cu_k{0};
+SinkKeys sink_keys(const Packing& pack, MaskSpec mask, torch::Device dev) {
+  SinkKeys s;
+  if (mask.full() || mask.sink <= 0) return s;
+  s.first = mask.window + mask.sink - 1;
+  if (pack.max_len <= s.first) return s;  // no row sees all the sinks: nothing to merge
+  std::vector<int64_t> rows, cu{0};
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const int64_t n = pack.length(b), first = mask.window + mask.sink - 1;
-    if (n <= first) continue;
-    for (int64_t i = first; i < n; ++i) rows.push_back(pack.begin(b) + i);
-    for (int64_t j = 0; j < mask.sink; ++j) keys.push_back(pack.begin(b) + j);
-    cu_q.push_back(cu_q.back() + n - first);
-    cu_k.push_back(cu_k.back() + mask.sink);
-    f.max_q = std::max(f.max_q, n - first);
+    const int64_t m = std::min(mask.sink, pack.length(b));
+    for (int64_t j = 0; j < m; ++j) rows.push_back(pack.begin(b) + j);
+    cu.push_back(cu.back() + m);
+    s.max_len = std::max(s.max_len, m);
   }
-  if (rows.empty()) return f;
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  f.rows = torch::tensor(rows, i64).to(dev);
-  f.keys = torch::tensor(keys, i64).to(dev);
-  f.cu_q = torch::tensor(cu_q, i64).to(torch::kInt32).to(dev);
-  f.cu_k = torch::tensor(cu_k, i64).to(torch::kInt32).to(dev);
-  f.nk = mask.sink;
-  return f;
+  s.rows = torch::tensor(rows, i64).to(dev);
+  s.cu = torch::tensor(cu, i64).to(torch::kInt32).to(dev);
+  return s;
 }
 
 // Scores of a sink chunk: [Hkv, G, rows, nsink] fp32, masked (key j visible iff j <= i - window).
@@ -238,19 +239,12 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
     f.out.narrow(0, c.s0 + c.row0, c.rows).copy_(o.permute({2, 0, 1, 3}).reshape({c.rows, Hq, d}));
     f.lse.narrow(1, c.s0 + c.row0, c.rows).copy_(l.reshape({Hq, c.rows}));
   }
-  auto sf = sink_full(pack, mask, q.device());
-  if (!sf.empty()) {
-    auto qa = q.index_select(0, sf.rows), ks = k.index_select(0, sf.keys), vs = v.index_select(0, sf.keys);
-    auto rs = at::_flash_attention_forward(qa, ks, vs, sf.cu_q, sf.cu_k, sf.max_q, sf.nk, 0.0, /*is_causal=*/false,
-                                           false, scale);
-    auto os = std::get<0>(rs).to(torch::kFloat32);  // [NA,Hq,d]
-    auto ls = std::get<1>(rs);                       // [Hq,NA]
-    auto lw = f.lse.index_select(1, sf.rows);
-    auto ow = f.out.index_select(0, sf.rows).to(torch::kFloat32);
-    auto l = torch::logaddexp(lw, ls);
-    auto o = ow * torch::exp(lw - l).t().unsqueeze(-1) + os * torch::exp(ls - l).t().unsqueeze(-1);
-    f.out.index_copy_(0, sf.rows, o.to(f.out.scalar_type()));
-    f.lse.index_copy_(1, sf.rows, l);
+  auto sk = sink_keys(pack, mask, q.device());
+  if (!sk.empty()) {
+    auto ks = k.index_select(0, sk.rows), vs = v.index_select(0, sk.rows);
+    auto rs = at::_flash_attention_forward(q, ks, vs, pack.cu_i32, sk.cu, pack.max_len, sk.max_len, 0.0,
+                                           /*is_causal=*/false, false, scale);
+    sink_merge(f.out, f.lse, f.out, f.lse, std::get<0>(rs), std::get<1>(rs), pack.positions, sk.first);
   }
   return f;
 }
@@ -338,7 +332,8 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
     wr = 0;
   }
   auto empty = torch::empty({0}, q.options().dtype(torch::kInt64));
-  auto g = at::_flash_attention_backward(dout.contiguous(), q, k, v, fwd.out, fwd.lse, pack.cu_i32, pack.cu_i32,
+  auto dout_c = dout.contiguous();
+  auto g = at::_flash_attention_backward(dout_c, q, k, v, fwd.out, fwd.lse, pack.cu_i32, pack.cu_i32,
                                          pack.max_len, pack.max_len, 0.0, /*is_causal=*/true, empty, empty, scale,
                                          wl, wr);
   AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
@@ -363,17 +358,20 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
     out.dk.narrow(0, c.s0, c.nsink).add_(dk.to(out.dk.scalar_type()));
     out.dv.narrow(0, c.s0, c.nsink).add_(dv.to(out.dv.scalar_type()));
   }
-  auto sf = sink_full(pack, mask, q.device());
-  if (!sf.empty()) {
+  auto sk = sink_keys(pack, mask, q.device());
+  if (!sk.empty()) {
     // With the merged output and log-sum-exp, flash's backward gives exactly the sink keys' share.
-    auto qa = q.index_select(0, sf.rows), ks = k.index_select(0, sf.keys), vs = v.index_select(0, sf.keys);
-    auto doa = dout.index_select(0, sf.rows), oa = fwd.out.index_select(0, sf.rows);
-    auto la = fwd.lse.index_select(1, sf.rows).contiguous();
-    auto gs = at::_flash_attention_backward(doa, qa, ks, vs, oa, la, sf.cu_q, sf.cu_k, sf.max_q, sf.nk, 0.0,
-                                            /*is_causal=*/false, empty, empty, scale);
-    out.dq.index_add_(0, sf.rows, std::get<0>(gs));
-    out.dk.index_add_(0, sf.keys, std::get<1>(gs));
-    out.dv.index_add_(0, sf.keys, std::get<2>(gs));
+    // Rows before sk.first must get none: a log-sum-exp of +inf (flash's own value for padding
+    // rows) makes their probabilities exp(s - lse) exactly 0, hence dS = P (dP - D) = 0 and no
+    // dq, dk or dv. Cheaper than zeroing their dout ([H, T] instead of [T, H, d]), and immune to
+    // exp overflow on the sink keys they cannot see (the merged lse does not cover those).
+    auto lse = fwd.lse.masked_fill(pack.positions.lt(sk.first), std::numeric_limits<double>::infinity());
+    auto ks = k.index_select(0, sk.rows), vs = v.index_select(0, sk.rows);
+    auto gs = at::_flash_attention_backward(dout_c, q, ks, vs, fwd.out, lse, pack.cu_i32, sk.cu, pack.max_len,
+                                            sk.max_len, 0.0, /*is_causal=*/false, empty, empty, scale);
+    out.dq.add_(std::get<0>(gs));
+    out.dk.index_add_(0, sk.rows, std::get<1>(gs));
+    out.dv.index_add_(0, sk.rows, std::get<2>(gs));
   }
   return out;
 }
