@@ -1,7 +1,9 @@
 #include "attention/hybrid.h"
 
 #include <atomic>
+#include <tuple>
 
+#include "attention/hybrid_blend.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -13,11 +15,6 @@ namespace {
 // the gathers and per-pair calls cost more than the skipped work below 32K tokens (routing-aware
 // 0.72-0.81x of autograd through both branches at 16K, 1.20-1.29x at 64K; docs/performance.md).
 std::atomic<int64_t> g_gather_min_len{32768};
-
-// Per-token, per-KV-head weight [T, Hkv, 1, 1] from per-sample weights [B, Hkv].
-torch::Tensor token_weights(const torch::Tensor& s, const Packing& pack) {
-  return s.index_select(0, pack.sample_id).unsqueeze(-1).unsqueeze(-1);
-}
 
 // The (sample, kv head) pairs selected by a [B, Hkv] mask, as one pack of single-KV-head
 // sequences: row r of the gathered pack is token tok[r], kv head head[r] of the original.
@@ -64,30 +61,30 @@ PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::D
   return sel;
 }
 
-// Runs the attention backward of one branch for the (sample, kv head) pairs where the
-// branch weight w [B, Hkv] is non-zero, accumulating into dq/dk/dv. With hard routing
-// (`hard`: every weight is 0 or 1) the pairs of the two branches are disjoint and have
-// weight 1, so gradients are written, not added, and dO needs no scaling.
-void branch_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+// Whether a pack's branches run over every head with dO weighted (short packs) rather than
+// over the gathered (sample, head) pairs of each branch.
+bool every_head(const Packing& pack) { return pack.max_len < g_gather_min_len; }
+
+// Runs the attention backward of one branch, whose weight w [B, Hkv] has a non-zero entry,
+// for the (sample, kv head) pairs where w is non-zero, accumulating into dq/dk/dv. dout_w is
+// dO times the branch weight (hybrid_branch_douts), except for long packs with hard routing
+// (`hard`: every weight is 0 or 1), where the pairs of the two branches are disjoint and have
+// weight 1: there dout_w is dO itself and gradients are written, not added.
+void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const torch::Tensor& k,
                      const torch::Tensor& v, const AttnForward& fwd, const torch::Tensor& w, const Packing& pack,
                      MaskSpec mask, double scale, bool hard, torch::Tensor& dq, torch::Tensor& dk, torch::Tensor& dv) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  auto weighted = [&] { return (dout.view({T, Hkv, G, d}) * token_weights(w.to(dout.scalar_type()), pack)).view({T, Hq, d}); };
   // Every head at once; exact because heads outside the branch have zero weight, hence zero dO.
-  auto all_heads = [&](const torch::Tensor& dout_w) {
+  auto all_heads = [&] {
     auto g = attention_backward(dout_w, q, k, v, fwd, pack, mask, scale);
     dq.add_(g.dq);
     dk.add_(g.dk);
     dv.add_(g.dv);
   };
-  if (pack.max_len < g_gather_min_len) {
-    if (w.ne(0).any().item<bool>()) all_heads(weighted());
-    return;
-  }
+  if (every_head(pack)) return all_heads();
   auto sel = select_pairs(w, pack, q.device());
   if (sel.selected == 0) return;
-  auto dout_w = hard ? dout : weighted();
-  if (sel.all) return all_heads(dout_w);
+  if (sel.all) return all_heads();
   const auto idx = sel.index();
   auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
   auto k_s = k.index(idx).unsqueeze(1).contiguous();                       // [N,1,d]
@@ -129,10 +126,7 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     MaskSpec full = MaskSpec::causal(), ssa{sink, window};
     auto fa = attention_forward(q, k, v, *pack, full, scale);
     auto sa = attention_forward(q, k, v, *pack, ssa, scale);
-    const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), d = q.size(2);
-    auto wt = token_weights(s.to(q.scalar_type()), *pack);
-    auto fa4 = fa.out.view({T, Hkv, Hq / Hkv, d}), sa4 = sa.out.view({T, Hkv, Hq / Hkv, d});
-    auto out = (sa4 + wt * (fa4 - sa4)).view({T, Hq, d});
+    auto out = hybrid_blend(fa.out, sa.out, s, *pack);
     ctx->save_for_backward({q, k, v, s, fa.out, fa.lse, sa.out, sa.lse});
     ctx->saved_data["cu"] = pack->cu;
     ctx->saved_data["sink"] = sink;
@@ -149,27 +143,25 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     auto pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), q.device());
     MaskSpec ssa{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
     const double scale = ctx->saved_data["scale"].toDouble();
-    const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
     auto dout = grads[0].contiguous();
 
     torch::Tensor ds;
-    if (ctx->needs_input_grad(3)) {
-      // dL/ds[b,h] = sum over the sample's tokens, the group's query heads and d of (FA - SSA) * dO.
-      const auto acc = q.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
-      auto per_tok = ((fa.out.to(acc) - sa.out.to(acc)) * dout.to(acc))
-                         .view({T, Hkv, G, d})
-                         .sum({2, 3});  // [T,Hkv]
-      ds = torch::zeros({pack.num_samples(), Hkv}, per_tok.options()).index_add_(0, pack.sample_id, per_tok);
-      ds = ds.to(s.scalar_type());
-    }
+    // dL/ds[b,h] = sum over the sample's tokens, the group's query heads and d of (FA - SSA) * dO.
+    if (ctx->needs_input_grad(3)) ds = hybrid_ds(fa.out, sa.out, dout, s, pack);
     torch::Tensor dq, dk, dv;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
       dq = torch::zeros_like(q);
       dk = torch::zeros_like(k);
       dv = torch::zeros_like(v);
-      const bool hard = s.eq(0).logical_or(s.eq(1)).all().item<bool>();
-      branch_backward(dout, q, k, v, fa, s, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
-      branch_backward(dout, q, k, v, sa, 1 - s, pack, ssa, scale, hard, dq, dk, dv);
+      // One host copy of the weights says which branches have work and whether routing is hard.
+      const auto s_host = s.detach().to(torch::kCPU, torch::kFloat64);
+      const bool hard = s_host.eq(0).logical_or(s_host.eq(1)).all().item<bool>();
+      const bool fa_used = s_host.ne(0).any().item<bool>(), sa_used = s_host.ne(1).any().item<bool>();
+      // Both branches' weighted dO in one pass where any is needed.
+      torch::Tensor dout_fa = dout, dout_sa = dout;
+      if (every_head(pack) || !hard) std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, fa_used, sa_used);
+      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
+      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s, pack, ssa, scale, hard, dq, dk, dv);
     }
     return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -196,11 +188,8 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
 
 torch::Tensor hybrid_attention_autograd_both(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                              const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
-  const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), d = q.size(2);
-  auto fa = attention(q, k, v, pack, MaskSpec::causal(), scale).view({T, Hkv, Hq / Hkv, d});
-  auto sa = attention(q, k, v, pack, ssa, scale).view({T, Hkv, Hq / Hkv, d});
-  auto wt = token_weights(s.to(q.scalar_type()), pack);
-  return (sa + wt * (fa - sa)).view({T, Hq, d});
+  return hybrid_blend_composed(attention(q, k, v, pack, MaskSpec::causal(), scale),
+                               attention(q, k, v, pack, ssa, scale), s, pack);
 }
 
 }  // namespace elastic::attention

@@ -4,6 +4,7 @@
 
 #include "attention/attention.h"
 #include "attention/hybrid.h"
+#include "model/fused_ops.h"
 #include "router/gumbel.h"
 #include "util/error.h"
 
@@ -87,7 +88,7 @@ MLPImpl::MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {
 }
 
 torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj->forward(torch::silu(gate_proj->forward(x)) * up_proj->forward(x));
+  return down_proj->forward(swiglu(gate_proj->forward(x), up_proj->forward(x)));
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts) {

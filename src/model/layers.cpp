@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "model/fused_ops.h"
+
 namespace elastic::model {
 
 LinearImpl::LinearImpl(int64_t in, int64_t out, bool with_bias, const torch::TensorOptions& opts) {
@@ -61,12 +63,7 @@ std::pair<torch::Tensor, torch::Tensor> Rope::tables(const torch::Tensor& positi
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  auto c = cos.to(x.scalar_type()).unsqueeze(1);
-  auto s = sin.to(x.scalar_type()).unsqueeze(1);
-  auto x1 = x.narrow(-1, 0, half), x2 = x.narrow(-1, half, half);
-  auto rotated = torch::cat({-x2, x1}, -1);
-  return x * c + rotated * s;
+  return rope(x, cos, sin);
 }
 
 }  // namespace elastic::model

@@ -42,7 +42,8 @@ struct Rope {
   std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& positions) const;
 };
 
-// x [T, H, d]; cos/sin [T, d]. Rotate-half convention of transformers' Llama/Qwen.
+// x [T, H, d]; cos/sin [T, d] from Rope::tables. Rotate-half convention of transformers'
+// Llama/Qwen; one fused kernel each way on the GPU (model/fused_ops.h).
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 
 }  // namespace elastic::model
