@@ -15,6 +15,7 @@ int cmd_inspect_data2(int argc, char** argv);
 int cmd_prepare_data(int argc, char** argv);
 int cmd_bench_train(int argc, char** argv);
 int cmd_bench_prefill(int argc, char** argv);
+int cmd_bench_kernels(int argc, char** argv);
 int cmd_head_scores(int argc, char** argv);
 int cmd_export(int argc, char** argv);
 int cmd_inspect(int argc, char** argv);

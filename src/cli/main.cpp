@@ -22,6 +22,7 @@ const std::map<std::string, Command>& commands() {
       {"forward", {cmd_forward, "run a packed forward pass and write logits (golden checks)"}},
       {"inspect-model", {cmd_inspect_model, "print a model directory's config, size and fingerprint"}},
       {"bench-forward", {cmd_bench_forward, "time checkpoint loading and forward throughput"}},
+      {"bench-kernels", {cmd_bench_kernels, "time each fused CUDA kernel against the ATen composition it replaces"}},
       {"bench-prefill", {cmd_bench_prefill, "prefill time with full vs routed hybrid attention"}},
       {"bench-train", {cmd_bench_train, "time training steps and attention at real model shapes"}},
       {"export", {cmd_export, "write a run's or checkpoint's router for inference engines"}},
