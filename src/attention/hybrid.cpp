@@ -12,9 +12,10 @@ namespace {
 
 // Packs whose longest sample is shorter than this run each branch's backward over every head with
 // dO zeroed outside the branch instead of gathering the selected (sample, head) pairs: on the H100
-// the gathers and per-pair calls cost more than the skipped work below 32K tokens (routing-aware
-// 0.72-0.81x of autograd through both branches at 16K, 1.20-1.29x at 64K; docs/performance.md).
-std::atomic<int64_t> g_gather_min_len{32768};
+// the gathers and per-pair calls cost more than the skipped work for short samples. Qwen3-8B steps,
+// three equal samples (bench-train --gather-min-len): gathering is 12% slower at 5.5K-token samples,
+// 6% faster at 10.9K and 11% faster at 21.8K (docs/performance.md).
+std::atomic<int64_t> g_gather_min_len{8192};
 
 // The (sample, kv head) pairs selected by a [B, Hkv] mask, as one pack of single-KV-head
 // sequences: row r of the gathered pack is token tok[r], kv head head[r] of the original.

@@ -19,7 +19,7 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale);
 
 // The backward gathers the selected (sample, head) pairs only for packs whose longest sample has
-// at least this many tokens (default 32768); shorter packs run every head with dO masked.
+// at least this many tokens (default 8192); shorter packs run every head with dO masked.
 void set_gather_min_len(int64_t tokens);
 
 // Reference: the same function through plain autograd over both branches (tests, benchmarks).

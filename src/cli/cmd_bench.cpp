@@ -37,7 +37,7 @@ json profile_json(const util::KernelProfile& p) {
 
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
-         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend"},
+         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len"},
          {"help", "no-checkpoint", "offload", "no-breakdown", "profile"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
@@ -46,6 +46,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
                  "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
                  "--profile: one more step under the CUDA profiler: device time by kernel and category.\n"
+                 "--gather-min-len N: routing-aware backward gathers selected heads from this longest-sample length.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
@@ -55,6 +56,7 @@ int cmd_bench_train(int argc, char** argv) {
   auto m = model::load_model(a.require("model"), dtype, device);
   const auto& mc = m->config();
   if (a.has("fa-backend")) attention::set_full_attention_backend(a.get("fa-backend", ""));
+  if (a.has("gather-min-len")) attention::set_gather_min_len(a.get_int("gather-min-len", 0));
   router::RouterOptions ro;
   ro.head_dim = mc.head_dim;
   torch::manual_seed(0);
