@@ -1,6 +1,7 @@
 #include "attention/hybrid_blend.h"
 
 #include "util/error.h"
+#include "util/kernel_dispatch.h"
 
 #ifdef ELASTIC_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -13,20 +14,9 @@ namespace elastic::attention {
 
 namespace {
 
-#ifdef ELASTIC_WITH_CUDA
-bool kernel_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32;
-}
-#endif
-
-// Whether t goes through the CUDA kernels.
-bool fused(const torch::Tensor& t) {
-#ifdef ELASTIC_WITH_CUDA
-  return t.is_cuda() && kernel_dtype(t);
-#else
-  return false;
-#endif
-}
+using util::is_bf16;
+using util::kernel_dtype;
+bool fused(const torch::Tensor& t) { return util::uses_fused_kernels(t); }
 
 std::string describe(const torch::Tensor& t) {
   return t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined");
@@ -75,7 +65,6 @@ kernels::HybridShape kernel_shape(const char* fn, const torch::Tensor& x, const 
   return {x.size(0), x.size(1), weights.size(1), x.size(2)};
 }
 
-bool is_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 #else
 [[noreturn]] void no_cuda(const char* fn) { ELASTIC_FAIL(fn << ": this build has no CUDA kernels (ELASTIC_CUDA=OFF)"); }
 #endif

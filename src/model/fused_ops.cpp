@@ -1,6 +1,7 @@
 #include "model/fused_ops.h"
 
 #include "util/error.h"
+#include "util/kernel_dispatch.h"
 
 #ifdef ELASTIC_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -17,18 +18,9 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-bool kernel_dtype(const torch::Tensor& t) {
-  return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kFloat32;
-}
-
-// Whether t goes through the CUDA kernels.
-bool fused(const torch::Tensor& t) {
-#ifdef ELASTIC_WITH_CUDA
-  return t.is_cuda() && kernel_dtype(t);
-#else
-  return false;
-#endif
-}
+using util::is_bf16;
+using util::kernel_dtype;
+bool fused(const torch::Tensor& t) { return util::uses_fused_kernels(t); }
 
 void check_kernel_input(const torch::Tensor& t, const char* fn, const char* name) {
   ELASTIC_CHECK(t.defined() && t.is_cuda() && kernel_dtype(t) && t.is_contiguous(),
@@ -46,7 +38,6 @@ void check_like(const torch::Tensor& t, const torch::Tensor& like, const char* f
 }
 
 #ifdef ELASTIC_WITH_CUDA
-bool is_bf16(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16; }
 #else
 [[noreturn]] void no_cuda(const char* fn) { ELASTIC_FAIL(fn << ": this build has no CUDA kernels (ELASTIC_CUDA=OFF)"); }
 #endif
