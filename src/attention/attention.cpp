@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "attention/sink_merge.h"
+#include "util/device_copy.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -195,9 +196,8 @@ SinkKeys sink_keys(const Packing& pack, MaskSpec mask, torch::Device dev) {
     cu.push_back(cu.back() + m);
     s.max_len = std::max(s.max_len, m);
   }
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  s.rows = torch::tensor(rows, i64).to(dev);
-  s.cu = torch::tensor(cu, i64).to(torch::kInt32).to(dev);
+  s.rows = util::to_device(rows, dev);
+  s.cu = util::to_device(cu, dev, torch::kInt32);
   return s;
 }
 

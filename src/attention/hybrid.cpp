@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "attention/hybrid_blend.h"
+#include "util/device_copy.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -33,6 +34,7 @@ struct PairSelection {
   }
 };
 
+// w may live on the device (one synchronising copy) or already on the host.
 PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::Device dev) {
   PairSelection sel;
   auto nz = w.detach().to(torch::kCPU, torch::kFloat64).ne(0).contiguous();
@@ -52,12 +54,11 @@ PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::D
     }
   }
   // Token and head of every gathered row, built on the device from the pair list.
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  auto len_t = torch::tensor(lengths, i64).to(dev);
+  auto len_t = util::to_device(lengths, dev);
   auto first_row = len_t.cumsum(0) - len_t;
   auto rep = [&](const torch::Tensor& t) { return t.repeat_interleave(len_t, 0, rows); };
-  sel.tok = rep(torch::tensor(starts, i64).to(dev)) + torch::arange(rows, i64.device(dev)) - rep(first_row);
-  sel.head = rep(torch::tensor(heads, i64).to(dev));
+  sel.tok = rep(util::to_device(starts, dev)) + torch::arange(rows, len_t.options()) - rep(first_row);
+  sel.head = rep(util::to_device(heads, dev));
   sel.pack = Packing::from_lengths(lengths, dev);
   return sel;
 }
@@ -66,7 +67,7 @@ PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::D
 // over the gathered (sample, head) pairs of each branch.
 bool every_head(const Packing& pack) { return pack.max_len < g_gather_min_len; }
 
-// Runs the attention backward of one branch, whose weight w [B, Hkv] has a non-zero entry,
+// Runs the attention backward of one branch, whose weight w [B, Hkv] (on the host) has a non-zero entry,
 // for the (sample, kv head) pairs where w is non-zero, accumulating into dq/dk/dv. dout_w is
 // dO times the branch weight (hybrid_branch_douts), except for long packs with hard routing
 // (`hard`: every weight is 0 or 1), where the pairs of the two branches are disjoint and have
@@ -161,8 +162,8 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       // Both branches' weighted dO in one pass where any is needed.
       torch::Tensor dout_fa = dout, dout_sa = dout;
       if (every_head(pack) || !hard) std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, fa_used, sa_used);
-      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
-      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s, pack, ssa, scale, hard, dq, dk, dv);
+      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s_host, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
+      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s_host, pack, ssa, scale, hard, dq, dk, dv);
     }
     return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -1,5 +1,6 @@
 #include "attention/packing.h"
 
+#include "util/device_copy.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -21,10 +22,9 @@ Packing Packing::from_cu(const std::vector<int64_t>& cu, torch::Device device) {
       pos.push_back(i);
     }
   }
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  p.cu_i32 = torch::tensor(cu, i64).to(torch::kInt32).to(device);
-  p.sample_id = torch::tensor(sid, i64).to(device);
-  p.positions = torch::tensor(pos, i64).to(device);
+  p.cu_i32 = util::to_device(cu, device, torch::kInt32);
+  p.sample_id = util::to_device(sid, device);
+  p.positions = util::to_device(pos, device);
   return p;
 }
 

@@ -1,5 +1,6 @@
 #include "router/router.h"
 
+#include "util/device_copy.h"
 #include "util/error.h"
 
 namespace elastic::router {
@@ -76,9 +77,8 @@ PoolPlan make_pool_plan(const RouterOptions& opt, const std::vector<int64_t>& cu
       w.push_back(1.0f / static_cast<float>(rows.size()));
     }
   }
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
-  return {B, torch::tensor(idx, i64).to(device), torch::tensor(seg, i64).to(device),
-          torch::tensor(w, torch::TensorOptions().dtype(torch::kFloat32)).to(device)};
+  return {B, util::to_device(idx, device), util::to_device(seg, device),
+          util::to_device(torch::tensor(w, torch::TensorOptions().dtype(torch::kFloat32)), device)};
 }
 
 torch::Tensor RouterImpl::pool(const torch::Tensor& keys, const PoolPlan& plan) const {
