@@ -295,3 +295,31 @@ TEST(TrainingRun, TwoRankResumeIsBitwiseExact) {
   auto fb = io::SafetensorsFile::open(d.str("resumed/router.safetensors"));
   for (const auto& t : fa->tensors()) EXPECT_TRUE(torch::equal(fa->get(t.name), fb->get(t.name))) << t.name;
 }
+
+TEST(TrainingRun, RandomStreamingHeadsSpanFullAttentionToStreaming) {
+  // train.routing=random trains a backbone with a random fraction of its heads on streaming
+  // attention: at fraction 0 the step is full attention's, at 1 streaming attention's (samples of
+  // 64-160 tokens, window 16: visibly different), in between neither.
+  TempDir d;
+  auto first_loss = [&](const std::string& routing, double fraction) {
+    auto cfg = tiny_setup(d, 2);
+    cfg.output_dir = d.str("run_" + routing + std::to_string(fraction));
+    cfg.train_routing = routing;
+    cfg.train_random_streaming = fraction;
+    cfg.train_trainable = {".*"};
+    train::Trainer t(cfg);
+    return t.step()["lm_loss"].get<double>();
+  };
+  const double full = first_loss("off", 0), none = first_loss("random", 0), all = first_loss("random", 1),
+               half = first_loss("random", 0.5);
+  EXPECT_NEAR(none, full, 1e-6);
+  EXPECT_GT(std::abs(all - full), 1e-3);
+  EXPECT_GT(std::abs(half - full), 1e-4);
+  EXPECT_GT(std::abs(half - all), 1e-4);
+  // Random heads train a backbone: without trainable parameters the run is refused.
+  auto cfg = tiny_setup(d, 2);
+  cfg.train_routing = "random";
+  cfg.train_random_streaming = 0.5;
+  cfg.train_trainable = {};
+  EXPECT_THROW(train::Trainer{cfg}, Error);
+}

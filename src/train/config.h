@@ -53,7 +53,9 @@ struct TrainConfig {
   int64_t train_steps = 300;
   int64_t train_micro_batches = 1;  // packs per rank per step (gradient accumulation)
   uint64_t train_seed = 0;
-  std::string train_routing = "router";      // router: train routers; off: full attention (backbone training)
+  std::string train_routing = "router";      // router: train routers; off: full attention (backbone training);
+                                             // random: a backbone trained with random streaming heads
+  double train_random_streaming = 0.5;       // random: fraction of (sample, layer, kv head) pairs on SSA
   std::vector<std::string> train_trainable;  // regexes of backbone parameters to unfreeze
   double train_backbone_lr = 1e-3;           // lr of unfrozen backbone parameters
   int64_t train_logits_chunk = 4096;         // labelled rows per logits chunk

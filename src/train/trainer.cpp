@@ -17,6 +17,7 @@
 #include "train/checkpoint.h"
 #include "train/export.h"
 #include "train/schedules.h"
+#include "util/device_copy.h"
 #include "util/error.h"
 #include "util/log.h"
 #include "util/memory.h"
@@ -109,7 +110,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
                               .weight_decay(cfg.optim_weight_decay));
   }
   ELASTIC_CHECK(opt_router_ || opt_backbone_,
-                "nothing to train: train.routing is 'off' and train.trainable selects no parameter");
+                "nothing to train: train.routing is '" << cfg.train_routing
+                                                         << "' and train.trainable selects no parameter");
   if (comm_->is_root()) {
     fs::create_directories(cfg.output_dir);
     io::write_file_atomic((fs::path(cfg.output_dir) / "config.yaml").string(), to_yaml(cfg));
@@ -199,6 +201,18 @@ json Trainer::step() {
     auto gen = router::routing_generator(cfg_.train_seed, static_cast<int64_t>(base + m), step_);
     ctx.gen = &gen;
     ctx.mode = routing ? model::RoutingMode::train : model::RoutingMode::off;
+    torch::Tensor random_heads;  // [L, B, Hkv], 1 = full attention
+    if (cfg_.train_routing == "random") {
+      // Random streaming heads teach a backbone to keep local tasks local (docs/elasticity.md); drawn
+      // once per pack so a recomputed layer sees the same heads.
+      const auto& mc = model_->config();
+      random_heads = util::to_device(torch::rand({mc.num_layers, b.pack.num_samples(), mc.num_kv_heads}, gen)
+                                         .ge(cfg_.train_random_streaming)
+                                         .to(torch::kFloat32),
+                                     device_);
+      ctx.mode = model::RoutingMode::fixed;
+      ctx.fixed_decisions = [&random_heads](int64_t layer) { return random_heads[layer]; };
+    }
     ctx.checkpoint = cfg_.train_checkpoint;
     ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
     auto hidden = model_->forward_hidden(b.ids, ctx);
