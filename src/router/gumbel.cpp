@@ -2,13 +2,15 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "util/device_copy.h"
+
 namespace elastic::router {
 
 torch::Tensor gumbel_noise(const torch::Tensor& like, torch::Generator& gen) {
   constexpr double eps = 1e-8;
   auto u = torch::rand(like.sizes(), gen, torch::TensorOptions().dtype(torch::kFloat32));
   auto g = -torch::log(-torch::log(u + eps) + eps);
-  return g.to(like.device(), like.scalar_type());
+  return util::to_device(g, like.device()).to(like.scalar_type());
 }
 
 torch::Tensor gumbel_softmax_ste(const torch::Tensor& z, const torch::Tensor& noise, double tau) {
