@@ -19,16 +19,19 @@ M1="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --m
 M2="--vocab 256 --hidden 384 --layers 6 --heads 12 --kv-heads 4 --head-dim 32 --mlp 1536 --rope-theta 10000"
 # d-g (session 3): like a, with BB_STAGE1_STEPS of retrieval + multihop first; 8K or 32K-token
 # packs (PACK), initial-weight seeds (SEED; h, i: seeds 2, 3 with 32K packs): learning the lookups is
-# a sudden, seed-dependent event.
+# a sudden, seed-dependent event. j, k (seeds 1, 2): the five-task stage with random streaming heads
+# (train.routing=random, half of the heads on SSA at every step; not yet run), so that local tasks stop
+# depending on far tokens.
+declare -A BBX=([j]="--set train.routing=random --set train.random_streaming=0.5" [k]="--set train.routing=random --set train.random_streaming=0.5")
 L1="--min-len 128 --max-len 256" T1="--min-len 64 --max-len 256" S1="--set ssa.sink=8 --set ssa.window=32"
-declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1" [d]="$M1" [e]="$M1" [f]="$M1" [g]="$M1" [h]="$M1" [i]="$M1")
-declare -A LEN=([a]="$L1" [b]="$L1" [c]="--min-len 256 --max-len 512" [d]="$L1" [e]="$L1" [f]="$L1" [g]="$L1" [h]="$L1" [i]="$L1")
-declare -A TLEN=([a]="$T1" [b]="$T1" [c]="--min-len 64 --max-len 512" [d]="$T1" [e]="$T1" [f]="$T1" [g]="$T1" [h]="$T1" [i]="$T1")
-declare -A SSA=([a]="$S1" [b]="$S1" [c]="--set ssa.sink=16 --set ssa.window=64" [d]="$S1" [e]="$S1" [f]="$S1" [g]="$S1" [h]="$S1" [i]="$S1")
-declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3 [d]=3e-3 [e]=3e-3 [f]=3e-3 [g]=3e-3 [h]=3e-3 [i]=3e-3)
-declare -A LABELS=([a]=predictable [b]=all [c]=predictable [d]=predictable [e]=predictable [f]=predictable [g]=predictable [h]=predictable [i]=predictable)
-declare -A PACK=([a]=8192 [b]=8192 [c]=8192 [d]=8192 [e]=8192 [f]=32768 [g]=32768 [h]=32768 [i]=32768)
-declare -A SEED=([a]=0 [b]=0 [c]=0 [d]=0 [e]=1 [f]=0 [g]=1 [h]=2 [i]=3)
+declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1" [d]="$M1" [e]="$M1" [f]="$M1" [g]="$M1" [h]="$M1" [i]="$M1" [j]="$M1" [k]="$M1")
+declare -A LEN=([a]="$L1" [b]="$L1" [c]="--min-len 256 --max-len 512" [d]="$L1" [e]="$L1" [f]="$L1" [g]="$L1" [h]="$L1" [i]="$L1" [j]="$L1" [k]="$L1")
+declare -A TLEN=([a]="$T1" [b]="$T1" [c]="--min-len 64 --max-len 512" [d]="$T1" [e]="$T1" [f]="$T1" [g]="$T1" [h]="$T1" [i]="$T1" [j]="$T1" [k]="$T1")
+declare -A SSA=([a]="$S1" [b]="$S1" [c]="--set ssa.sink=16 --set ssa.window=64" [d]="$S1" [e]="$S1" [f]="$S1" [g]="$S1" [h]="$S1" [i]="$S1" [j]="$S1" [k]="$S1")
+declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3 [d]=3e-3 [e]=3e-3 [f]=3e-3 [g]=3e-3 [h]=3e-3 [i]=3e-3 [j]=3e-3 [k]=3e-3)
+declare -A LABELS=([a]=predictable [b]=all [c]=predictable [d]=predictable [e]=predictable [f]=predictable [g]=predictable [h]=predictable [i]=predictable [j]=predictable [k]=predictable)
+declare -A PACK=([a]=8192 [b]=8192 [c]=8192 [d]=8192 [e]=8192 [f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768)
+declare -A SEED=([a]=0 [b]=0 [c]=0 [d]=0 [e]=1 [f]=0 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-a b c}
 el "data"
@@ -43,7 +46,7 @@ for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/tr
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
 N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-300}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
 for v in $V; do
-  BB_SET="--set train.steps=$N --set train.backbone_lr=${LR[$v]}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
+  BB_SET="--set train.steps=$N --set train.backbone_lr=${LR[$v]} ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
 done
 wait; el "backbones done"
 best=a; bestacc=-1
