@@ -11,7 +11,7 @@
 namespace elastic::util {
 
 inline torch::Tensor to_device(const torch::Tensor& host, torch::Device dev) {
-  if (!dev.is_cuda()) return host.to(dev);
+  if (!dev.is_cuda() || !host.is_cpu()) return host.to(dev);
   return host.pin_memory().to(dev, /*non_blocking=*/true);
 }
 
