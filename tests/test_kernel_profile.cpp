@@ -1,7 +1,12 @@
-// The kernel-time profiler behind bench-train --profile: categories and a CPU run.
+// The kernel-time profiler behind bench-train --profile: categories, a CPU run, and the CLI block.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <fstream>
+
+#include "test_util.h"
 #include "util/kernel_profile.h"
 
 TEST(KernelProfile, CategoriesFromKernelNames) {
@@ -35,4 +40,20 @@ TEST(KernelProfile, RunsTheWorkOnceAndTimesIt) {
     EXPECT_EQ(p.gpu_ms, 0);
     EXPECT_TRUE(p.kernels.empty());
   }
+}
+
+TEST(KernelProfile, BenchTrainRecordsAProfileBlock) {
+  elastic::testing::TempDir d;
+  const std::string e = ELASTIC_BINARY;
+  ASSERT_EQ(std::system((e + " make-tiny-model --arch qwen3 --out " + d.str("model") + " --vocab 256 --layers 2 > /dev/null 2>&1").c_str()), 0);
+  ASSERT_EQ(std::system((e + " bench-train --model " + d.str("model") + " --device cpu --tokens 512 --mix 1,1 --steps 1 "
+                             "--sink 4 --window 64 --profile --no-breakdown --out " + d.str("r.json") + " > /dev/null 2>&1")
+                            .c_str()),
+            0);
+  std::ifstream in(d.str("r.json"));
+  auto j = nlohmann::json::parse(in);
+  const auto& p = j["runs"][0]["profile"];
+  EXPECT_GT(p["wall_ms"].get<double>(), 0);
+  EXPECT_TRUE(p.contains("category_ms") && p.contains("top_kernels") && p.contains("gpu_idle_fraction"));
+  if (!torch::cuda::is_available()) EXPECT_EQ(p["gpu_ms"].get<double>(), 0);
 }
