@@ -16,11 +16,8 @@ namespace {
 
 using util::is_bf16;
 using util::kernel_dtype;
+using util::describe;
 bool fused(const torch::Tensor& t) { return util::uses_fused_kernels(t); }
-
-std::string describe(const torch::Tensor& t) {
-  return t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined");
-}
 
 // x (fa, sa or dout) [T, Hq, d] and routing weights (or ds) [B, Hkv] with Hkv dividing Hq.
 void check_shapes(const char* fn, const torch::Tensor& x, const char* x_name, const torch::Tensor& weights,
@@ -43,12 +40,7 @@ torch::Tensor token_weights(const torch::Tensor& s, const Packing& pack) {
 }
 
 #ifdef ELASTIC_WITH_CUDA
-void check_kernel_tensor(const char* fn, const torch::Tensor& t, const torch::Tensor& like, const char* name) {
-  ELASTIC_CHECK(t.defined() && t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type() &&
-                    t.device() == like.device() && t.is_contiguous(),
-                fn << ": " << name << " must be a contiguous " << like.scalar_type() << " tensor of shape "
-                   << like.sizes() << " on " << like.device() << ", got " << describe(t));
-}
+using util::check_like;
 
 // The checks every kernel shares; returns its shape.
 kernels::HybridShape kernel_shape(const char* fn, const torch::Tensor& x, const char* x_name,
@@ -64,9 +56,6 @@ kernels::HybridShape kernel_shape(const char* fn, const torch::Tensor& x, const 
                    << describe(sample_id));
   return {x.size(0), x.size(1), weights.size(1), x.size(2)};
 }
-
-#else
-[[noreturn]] void no_cuda(const char* fn) { ELASTIC_FAIL(fn << ": this build has no CUDA kernels (ELASTIC_CUDA=OFF)"); }
 #endif
 
 }  // namespace
@@ -139,15 +128,15 @@ void hybrid_blend_out(const torch::Tensor& out, const torch::Tensor& fa, const t
 #ifdef ELASTIC_WITH_CUDA
   const char* fn = "hybrid blend";
   const auto shape = kernel_shape(fn, fa, "fa", s, "routing weights", sample_id);
-  check_kernel_tensor(fn, sa, fa, "sa");
-  check_kernel_tensor(fn, out, fa, "output");
+  check_like(fn, sa, fa, "sa");
+  check_like(fn, out, fa, "output");
   const c10::cuda::CUDAGuard guard(fa.device());
   auto w = s.detach().to(fa.device(), torch::kFloat32).contiguous();
   auto sid = sample_id.contiguous();
   kernels::hybrid_blend_forward(fa.data_ptr(), sa.data_ptr(), w.data_ptr<float>(), sid.data_ptr<int64_t>(),
                                 out.data_ptr(), shape, is_bf16(fa), at::cuda::getCurrentCUDAStream());
 #else
-  no_cuda("hybrid blend");
+  util::no_cuda_kernels("hybrid blend");
 #endif
 }
 
@@ -156,8 +145,8 @@ void hybrid_ds_out(const torch::Tensor& ds, const torch::Tensor& fa, const torch
 #ifdef ELASTIC_WITH_CUDA
   const char* fn = "hybrid ds";
   const auto shape = kernel_shape(fn, fa, "fa", ds, "ds", sample_id);
-  check_kernel_tensor(fn, sa, fa, "sa");
-  check_kernel_tensor(fn, dout, fa, "dout");
+  check_like(fn, sa, fa, "sa");
+  check_like(fn, dout, fa, "dout");
   ELASTIC_CHECK(ds.scalar_type() == torch::kFloat32 && ds.is_contiguous() && ds.device() == fa.device(),
                 fn << ": ds must be a contiguous fp32 tensor [samples, kv_heads] on " << fa.device() << ", got "
                    << describe(ds));
@@ -166,7 +155,7 @@ void hybrid_ds_out(const torch::Tensor& ds, const torch::Tensor& fa, const torch
   kernels::hybrid_blend_ds(fa.data_ptr(), sa.data_ptr(), dout.data_ptr(), sid.data_ptr<int64_t>(),
                            ds.data_ptr<float>(), ds.size(0), shape, is_bf16(fa), at::cuda::getCurrentCUDAStream());
 #else
-  no_cuda("hybrid ds");
+  util::no_cuda_kernels("hybrid ds");
 #endif
 }
 
@@ -175,8 +164,8 @@ void hybrid_branch_douts_out(const torch::Tensor& dout_fa, const torch::Tensor& 
 #ifdef ELASTIC_WITH_CUDA
   const char* fn = "hybrid branch gradients";
   const auto shape = kernel_shape(fn, dout, "dout", s, "routing weights", sample_id);
-  if (dout_fa.defined()) check_kernel_tensor(fn, dout_fa, dout, "full-attention gradient");
-  if (dout_sa.defined()) check_kernel_tensor(fn, dout_sa, dout, "streaming gradient");
+  if (dout_fa.defined()) check_like(fn, dout_fa, dout, "full-attention gradient");
+  if (dout_sa.defined()) check_like(fn, dout_sa, dout, "streaming gradient");
   if (!dout_fa.defined() && !dout_sa.defined()) return;
   const c10::cuda::CUDAGuard guard(dout.device());
   auto w = s.detach().to(dout.device(), torch::kFloat32).contiguous();
@@ -186,7 +175,7 @@ void hybrid_branch_douts_out(const torch::Tensor& dout_fa, const torch::Tensor& 
                                       dout_sa.defined() ? dout_sa.data_ptr() : nullptr, shape, is_bf16(dout),
                                       at::cuda::getCurrentCUDAStream());
 #else
-  no_cuda("hybrid branch gradients");
+  util::no_cuda_kernels("hybrid branch gradients");
 #endif
 }
 

@@ -1,6 +1,7 @@
 #include "attention/sink_merge.h"
 
 #include "util/error.h"
+#include "util/kernel_dispatch.h"
 
 #ifdef ELASTIC_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -13,20 +14,11 @@ namespace elastic::attention {
 
 namespace {
 
-void check_rows(const torch::Tensor& t, const char* name, const torch::Tensor& like) {
-  ELASTIC_CHECK(t.defined() && t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type() &&
-                    t.device() == like.device() && t.is_contiguous(),
-                "sink_merge: " << name << " must be a contiguous " << like.scalar_type() << " tensor of shape "
-                               << like.sizes() << " on " << like.device() << ", got "
-                               << (t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined")));
-}
-
 void check_lse(const torch::Tensor& t, const char* name, int64_t heads, int64_t tokens, torch::Device dev) {
   ELASTIC_CHECK(t.defined() && t.dim() == 2 && t.size(0) == heads && t.size(1) == tokens &&
                     t.scalar_type() == torch::kFloat32 && t.device() == dev && t.is_contiguous(),
                 "sink_merge: " << name << " must be a contiguous float32 tensor of shape [" << heads << ", " << tokens
-                               << "] (heads, tokens) on " << dev << ", got "
-                               << (t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined")));
+                               << "] (heads, tokens) on " << dev << ", got " << util::describe(t));
 }
 
 }  // namespace
@@ -36,13 +28,13 @@ void sink_merge(const torch::Tensor& out, const torch::Tensor& lse, const torch:
                 const torch::Tensor& positions, int64_t first) {
   ELASTIC_CHECK(out_w.defined() && out_w.dim() == 3 && out_w.is_cuda() && out_w.is_contiguous(),
                 "sink_merge: out_w must be a contiguous CUDA tensor [tokens, heads, head_dim], got "
-                    << (out_w.defined() ? out_w.toString() + " " + c10::str(out_w.sizes()) : std::string("undefined")));
+                    << util::describe(out_w));
   const auto st = out_w.scalar_type();
   ELASTIC_CHECK(st == torch::kFloat32 || st == torch::kHalf || st == torch::kBFloat16,
                 "sink_merge: out_w must be float32, float16 or bfloat16, got " << st);
   const int64_t T = out_w.size(0), H = out_w.size(1);
-  check_rows(out, "out", out_w);
-  check_rows(out_s, "out_s", out_w);
+  util::check_like("sink_merge", out, out_w, "out");
+  util::check_like("sink_merge", out_s, out_w, "out_s");
   check_lse(lse, "lse", H, T, out_w.device());
   check_lse(lse_w, "lse_w", H, T, out_w.device());
   check_lse(lse_s, "lse_s", H, T, out_w.device());
@@ -70,7 +62,7 @@ void sink_merge(const torch::Tensor& out, const torch::Tensor& lse, const torch:
                                   : kernels::SinkMergeDtype::kBFloat16;
   kernels::sink_merge(a, at::cuda::getCurrentCUDAStream());
 #else
-  ELASTIC_FAIL("sink_merge: this build has no CUDA kernels (configure with -DELASTIC_CUDA=ON)");
+  util::no_cuda_kernels("sink_merge");
 #endif
 }
 

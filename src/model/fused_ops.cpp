@@ -22,25 +22,12 @@ using util::is_bf16;
 using util::kernel_dtype;
 bool fused(const torch::Tensor& t) { return util::uses_fused_kernels(t); }
 
+using util::check_like;
+
 void check_kernel_input(const torch::Tensor& t, const char* fn, const char* name) {
   ELASTIC_CHECK(t.defined() && t.is_cuda() && kernel_dtype(t) && t.is_contiguous(),
-                fn << ": " << name << " must be a contiguous bf16 or fp32 CUDA tensor, got "
-                   << (t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined")));
+                fn << ": " << name << " must be a contiguous bf16 or fp32 CUDA tensor, got " << util::describe(t));
 }
-
-// `t` must have the shape, dtype and device of `like` and be contiguous.
-void check_like(const torch::Tensor& t, const torch::Tensor& like, const char* fn, const char* name) {
-  ELASTIC_CHECK(t.defined() && t.sizes() == like.sizes() && t.scalar_type() == like.scalar_type() &&
-                    t.device() == like.device() && t.is_contiguous(),
-                fn << ": " << name << " must be a contiguous " << like.scalar_type() << " tensor of shape "
-                   << like.sizes() << " on " << like.device() << ", got "
-                   << (t.defined() ? t.toString() + " " + c10::str(t.sizes()) : std::string("undefined")));
-}
-
-#ifdef ELASTIC_WITH_CUDA
-#else
-[[noreturn]] void no_cuda(const char* fn) { ELASTIC_FAIL(fn << ": this build has no CUDA kernels (ELASTIC_CUDA=OFF)"); }
-#endif
 
 void check_rope_args(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   ELASTIC_CHECK(x.dim() == 3, "rope: x must be [tokens, heads, head_dim], got " << x.sizes());
@@ -143,7 +130,7 @@ void rope_out(const torch::Tensor& y, const torch::Tensor& x, const torch::Tenso
   check_kernel_input(x, "rope", "x");
   check_rope_args(x, cos, sin);
   ELASTIC_CHECK(x.size(2) % 2 == 0, "rope: head_dim must be even, got " << x.size(2));
-  check_like(y, x, "rope", "output");
+  check_like("rope", y, x, "output");
 #ifdef ELASTIC_WITH_CUDA
   const c10::cuda::CUDAGuard guard(x.device());
   // Usually already contiguous fp32 on the device: then these are the tables themselves.
@@ -152,36 +139,36 @@ void rope_out(const torch::Tensor& y, const torch::Tensor& x, const torch::Tenso
                 x.size(1), x.size(2), inverse, is_bf16(x), at::cuda::getCurrentCUDAStream());
 #else
   (void)inverse;
-  no_cuda("rope");
+  util::no_cuda_kernels("rope");
 #endif
 }
 
 void swiglu_out(const torch::Tensor& y, const torch::Tensor& g, const torch::Tensor& u) {
   check_kernel_input(g, "swiglu", "gate");
-  check_like(u, g, "swiglu", "up");
-  check_like(y, g, "swiglu", "output");
+  check_like("swiglu", u, g, "up");
+  check_like("swiglu", y, g, "output");
 #ifdef ELASTIC_WITH_CUDA
   const c10::cuda::CUDAGuard guard(g.device());
   kernels::swiglu_forward(g.data_ptr(), u.data_ptr(), y.data_ptr(), g.numel(), is_bf16(g),
                           at::cuda::getCurrentCUDAStream());
 #else
-  no_cuda("swiglu");
+  util::no_cuda_kernels("swiglu");
 #endif
 }
 
 void swiglu_backward_out(const torch::Tensor& dg, const torch::Tensor& du, const torch::Tensor& dy,
                          const torch::Tensor& g, const torch::Tensor& u) {
   check_kernel_input(g, "swiglu backward", "gate");
-  check_like(u, g, "swiglu backward", "up");
-  check_like(dy, g, "swiglu backward", "output gradient");
-  check_like(dg, g, "swiglu backward", "gate gradient");
-  check_like(du, g, "swiglu backward", "up gradient");
+  check_like("swiglu backward", u, g, "up");
+  check_like("swiglu backward", dy, g, "output gradient");
+  check_like("swiglu backward", dg, g, "gate gradient");
+  check_like("swiglu backward", du, g, "up gradient");
 #ifdef ELASTIC_WITH_CUDA
   const c10::cuda::CUDAGuard guard(g.device());
   kernels::swiglu_backward(dy.data_ptr(), g.data_ptr(), u.data_ptr(), dg.data_ptr(), du.data_ptr(), g.numel(),
                            is_bf16(g), at::cuda::getCurrentCUDAStream());
 #else
-  no_cuda("swiglu backward");
+  util::no_cuda_kernels("swiglu backward");
 #endif
 }
 
