@@ -3,7 +3,7 @@
 # builds build-gpu/ (unless it is there), then runs tools/elasticity.sh stage by stage. Backbone
 # variants train side by side (a few-million-parameter model leaves the GPU mostly idle) for
 # BB_BUDGET seconds each; the one with the best full-attention accuracy goes on to the router,
-# baseline and report stages. Variants: V="a b c" (see VARIANT below); RT_EXTRA: more router --set.
+# baseline and report stages. Variants: V="a b c" (see below); RT_EXTRA: more router --set.
 # Usage (repo root): OUT=/some/dir bash docs/elasticity/device_run.sh
 # Two calls when one is too short: BB_ONLY=1 stops after the backbones and leaves the best one in
 # $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training.
@@ -13,30 +13,28 @@ OUT=${OUT:-/tmp/elasticity-out}; mkdir -p "$OUT"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/driver.log"; }
 [ -x build-gpu/elastic ] || { el build; OUT=/tmp/gpu-build bash tools/gpu_check.sh build | tail -2; }
 export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdir -p $R
-# variant: model | eval/router context lengths | backbone training lengths | SSA sink, window |
-# backbone lr | backbone labels (tools/elasticity.sh BB_LABELS)
-M1="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
-M2="--vocab 256 --hidden 384 --layers 6 --heads 12 --kv-heads 4 --head-dim 32 --mlp 1536 --rope-theta 10000"
-# d-g (session 3): like a, with BB_STAGE1_STEPS of retrieval + multihop first; 8K or 32K-token
-# packs (PACK), initial-weight seeds (SEED; h, i: seeds 2, 3 with 32K packs): learning the lookups is
-# a sudden, seed-dependent event. j, k (seeds 1, 2): the five-task stage with random streaming heads
-# (train.routing=random, half of the heads on SSA at every step; not yet run), so that local tasks stop
-# depending on far tokens.
-declare -A BBX=([j]="--set train.routing=random --set train.random_streaming=0.5" [k]="--set train.routing=random --set train.random_streaming=0.5")
+# A variant is the defaults below plus its exceptions. a: the 2026-11-24 recipe; b: every token
+# labelled; c: 256-512-token contexts with SSA 16 + 64. d-i (2026-11-25): like a, with
+# BB_STAGE1_STEPS of retrieval + multihop first, 8K or 32K-token packs and initial-weight seeds
+# (learning the lookups is a sudden, seed-dependent event). j, k (seeds 1, 2; not yet run): the
+# five-task stage with random streaming heads (half of the heads on SSA at every step), so that local
+# tasks stop depending on far tokens. Backbone lr 3e-3 throughout.
+MODEL="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
 L1="--min-len 128 --max-len 256" T1="--min-len 64 --max-len 256" S1="--set ssa.sink=8 --set ssa.window=32"
-declare -A MODEL=([a]="$M1" [b]="$M1" [c]="$M1" [d]="$M1" [e]="$M1" [f]="$M1" [g]="$M1" [h]="$M1" [i]="$M1" [j]="$M1" [k]="$M1")
-declare -A LEN=([a]="$L1" [b]="$L1" [c]="--min-len 256 --max-len 512" [d]="$L1" [e]="$L1" [f]="$L1" [g]="$L1" [h]="$L1" [i]="$L1" [j]="$L1" [k]="$L1")
-declare -A TLEN=([a]="$T1" [b]="$T1" [c]="--min-len 64 --max-len 512" [d]="$T1" [e]="$T1" [f]="$T1" [g]="$T1" [h]="$T1" [i]="$T1" [j]="$T1" [k]="$T1")
-declare -A SSA=([a]="$S1" [b]="$S1" [c]="--set ssa.sink=16 --set ssa.window=64" [d]="$S1" [e]="$S1" [f]="$S1" [g]="$S1" [h]="$S1" [i]="$S1" [j]="$S1" [k]="$S1")
-declare -A LR=([a]=3e-3 [b]=3e-3 [c]=3e-3 [d]=3e-3 [e]=3e-3 [f]=3e-3 [g]=3e-3 [h]=3e-3 [i]=3e-3 [j]=3e-3 [k]=3e-3)
-declare -A LABELS=([a]=predictable [b]=all [c]=predictable [d]=predictable [e]=predictable [f]=predictable [g]=predictable [h]=predictable [i]=predictable [j]=predictable [k]=predictable)
-declare -A PACK=([a]=8192 [b]=8192 [c]=8192 [d]=8192 [e]=8192 [f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768)
-declare -A SEED=([a]=0 [b]=0 [c]=0 [d]=0 [e]=1 [f]=0 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2)
+RANDOM_HEADS="--set train.routing=random --set train.random_streaming=0.5"
+declare -A LEN=([c]="--min-len 256 --max-len 512")   # eval/router context lengths (default L1)
+declare -A TLEN=([c]="--min-len 64 --max-len 512")   # backbone training lengths (default T1)
+declare -A SSA=([c]="--set ssa.sink=16 --set ssa.window=64")  # default S1
+declare -A LABELS=([b]=all)                          # tools/elasticity.sh BB_LABELS (default predictable)
+declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768)  # default 8192
+declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2)  # default 0
+declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS")  # more backbone --set (default none)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-a b c}
 el "data"
 for v in $V; do
-  EL_SEED=${SEED[$v]} BB_LABELS=${LABELS[$v]} EL_MODEL="${MODEL[$v]}" EL_DATA="$D ${LEN[$v]} --pack-tokens ${PACK[$v]}" EL_TRAIN_LEN="${TLEN[$v]}" tools/elasticity.sh --out $R/$v --stages data > /tmp/data-$v.log 2>&1 &
+  EL_SEED=${SEED[$v]:-0} BB_LABELS=${LABELS[$v]:-predictable} EL_MODEL="$MODEL" EL_DATA="$D ${LEN[$v]:-$L1} --pack-tokens ${PACK[$v]:-8192}" \
+    EL_TRAIN_LEN="${TLEN[$v]:-$T1}" tools/elasticity.sh --out $R/$v --stages data > /tmp/data-$v.log 2>&1 &
 done; wait
 if [ -n "${BACKBONE_TGZ:-}" ]; then
   for v in $V; do tar -C $R/$v -xzf "$BACKBONE_TGZ"; done; best=${V%% *}; el "backbone from $BACKBONE_TGZ"
@@ -46,7 +44,7 @@ for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/tr
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
 N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-300}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
 for v in $V; do
-  BB_SET="--set train.steps=$N --set train.backbone_lr=${LR[$v]} ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
+  BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
 done
 wait; el "backbones done"
 best=a; bestacc=-1
@@ -62,6 +60,6 @@ if [ -n "${BB_ONLY:-}" ]; then
   (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el "backbones only: done"; exit 0
 fi
 fi
-RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
+RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
 tail -20 $OUT/pipeline.log
 (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el done
