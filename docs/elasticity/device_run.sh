@@ -18,17 +18,18 @@ export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdi
 # BB_STAGE1_STEPS of retrieval + multihop first, 8K or 32K-token packs and initial-weight seeds
 # (learning the lookups is a sudden, seed-dependent event). j, k (seeds 1, 2; not yet run): the
 # five-task stage with random streaming heads (half of the heads on SSA at every step), so that local
-# tasks stop depending on far tokens. Backbone lr 3e-3 throughout.
+# tasks stop depending on far tokens; l: like k with a quarter of the heads on SSA. Backbone lr 3e-3 throughout.
 MODEL="--vocab 256 --hidden 256 --layers 4 --heads 8 --kv-heads 4 --head-dim 32 --mlp 1024 --rope-theta 10000"
 L1="--min-len 128 --max-len 256" T1="--min-len 64 --max-len 256" S1="--set ssa.sink=8 --set ssa.window=32"
 RANDOM_HEADS="--set train.routing=random --set train.random_streaming=0.5"
+RANDOM_QUARTER="--set train.routing=random --set train.random_streaming=0.25"
 declare -A LEN=([c]="--min-len 256 --max-len 512")   # eval/router context lengths (default L1)
 declare -A TLEN=([c]="--min-len 64 --max-len 512")   # backbone training lengths (default T1)
 declare -A SSA=([c]="--set ssa.sink=16 --set ssa.window=64")  # default S1
 declare -A LABELS=([b]=all)                          # tools/elasticity.sh BB_LABELS (default predictable)
-declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768)  # default 8192
-declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2)  # default 0
-declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS")  # more backbone --set (default none)
+declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768 [l]=32768)  # default 8192
+declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2 [l]=2)  # default 0
+declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS" [l]="$RANDOM_QUARTER")  # more backbone --set (default none)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-a b c}
 el "data"
