@@ -4,6 +4,7 @@
 #include <tuple>
 
 #include "attention/hybrid_blend.h"
+#include "attention/pair_gather.h"
 #include "util/device_copy.h"
 #include "util/error.h"
 
@@ -26,11 +27,12 @@ struct PairSelection {
   torch::Tensor tok, head;
   Packing pack;
   std::vector<torch::indexing::TensorIndex> index() const { return {tok, head}; }
-  c10::List<std::optional<torch::Tensor>> put() const {
-    c10::List<std::optional<torch::Tensor>> l;
-    l.push_back(tok);
-    l.push_back(head);
-    return l;
+  // x [T, Hkv, ...] -> [N, ...]: each pair is one contiguous run (G * d for q, d for k), moved
+  // whole on the GPU (attention/pair_gather.h). contiguous() is a no-op for the model's tensors.
+  torch::Tensor gather(const torch::Tensor& x) const { return gather_pairs(x.contiguous(), tok, head); }
+  // The pairs are distinct, as scatter_pairs requires: tokens of a sample, and one row per head.
+  void scatter(const torch::Tensor& dst, const torch::Tensor& src, bool accumulate) const {
+    scatter_pairs(dst, src.contiguous(), tok, head, accumulate);
   }
 };
 
@@ -87,18 +89,16 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
   auto sel = select_pairs(w, pack, q.device());
   if (sel.selected == 0) return;
   if (sel.all) return all_heads();
-  const auto idx = sel.index();
-  auto q_s = q.view({T, Hkv, G, d}).index(idx).contiguous();              // [N,G,d]
-  auto k_s = k.index(idx).unsqueeze(1).contiguous();                       // [N,1,d]
-  auto v_s = v.index(idx).unsqueeze(1).contiguous();
-  auto o_s = fwd.out.view({T, Hkv, G, d}).index(idx).contiguous();
-  auto do_s = dout_w.view({T, Hkv, G, d}).index(idx).contiguous();
-  auto l_s = fwd.lse.view({Hkv, G, T}).permute({2, 0, 1}).index(idx).t().contiguous();  // [G,N]
+  auto q_s = sel.gather(q.view({T, Hkv, G, d}));  // [N,G,d]
+  auto k_s = sel.gather(k).unsqueeze(1);           // [N,1,d]
+  auto v_s = sel.gather(v).unsqueeze(1);
+  auto o_s = sel.gather(fwd.out.view({T, Hkv, G, d}));
+  auto do_s = sel.gather(dout_w.view({T, Hkv, G, d}));
+  auto l_s = fwd.lse.view({Hkv, G, T}).permute({2, 0, 1}).index(sel.index()).t().contiguous();  // [G,N]
   auto g = attention_backward(do_s, q_s, k_s, v_s, AttnForward{o_s, l_s}, sel.pack, mask, scale);
-  const auto put = sel.put();
-  dq.view({T, Hkv, G, d}).index_put_(put, g.dq, /*accumulate=*/!hard);
-  dk.index_put_(put, g.dk.squeeze(1), !hard);
-  dv.index_put_(put, g.dv.squeeze(1), !hard);
+  sel.scatter(dq.view({T, Hkv, G, d}), g.dq, /*accumulate=*/!hard);
+  sel.scatter(dk, g.dk.squeeze(1), !hard);
+  sel.scatter(dv, g.dv.squeeze(1), !hard);
 }
 
 // Inference with hard decisions: each (sample, head) runs only its selected branch, all heads
@@ -106,16 +106,15 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
 torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                 const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  auto out = torch::empty_like(q);
+  auto out = torch::empty(q.sizes(), q.options());  // contiguous, as scatter_pairs needs
   for (auto [w, mask] : {std::pair{s, MaskSpec::causal()}, std::pair{1 - s, ssa}}) {
     auto sel = select_pairs(w, pack, q.device());
     if (sel.selected == 0) continue;
     if (sel.all) return attention_forward(q, k, v, pack, mask, scale).out;
-    const auto idx = sel.index();
-    auto o = attention_forward(q.view({T, Hkv, G, d}).index(idx).contiguous(), k.index(idx).unsqueeze(1).contiguous(),
-                               v.index(idx).unsqueeze(1).contiguous(), sel.pack, mask, scale)
+    auto o = attention_forward(sel.gather(q.view({T, Hkv, G, d})), sel.gather(k).unsqueeze(1),
+                               sel.gather(v).unsqueeze(1), sel.pack, mask, scale)
                  .out;
-    out.view({T, Hkv, G, d}).index_put_(sel.put(), o);
+    sel.scatter(out.view({T, Hkv, G, d}), o, /*accumulate=*/false);
   }
   return out;
 }
