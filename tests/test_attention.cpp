@@ -4,6 +4,7 @@
 
 #include "attention/attention.h"
 #include "attention/hybrid.h"
+#include "attention/sink_rows.h"
 #include "test_util.h"
 
 using namespace elastic;
@@ -85,6 +86,42 @@ TEST(Attention, BackwardMatchesAutogradThroughDenseReference) {
     EXPECT_LT(rel_err(gq, q.grad()), 1e-10);
     EXPECT_LT(rel_err(gk, k.grad()), 1e-10);
     EXPECT_LT(rel_err(gv, v.grad()), 1e-10);
+  }
+}
+
+// The batched sink-prefix rows (the flash path's exact correction for rows window .. window +
+// sink - 2) on top of window-only attention equal streaming attention, forward and backward, for
+// packs where no row sees every sink (so nothing else is missing): samples shorter than the window,
+// of every length up to window + sink - 1, and sink > window (key slots past a sample's end).
+TEST(Attention, SinkPrefixRowsCompleteWindowOnlyAttention) {
+  torch::manual_seed(3);
+  struct PrefixCase {
+    std::vector<int64_t> lengths;
+    MaskSpec mask;
+  };
+  for (const auto& c : std::vector<PrefixCase>{{{5, 8, 9, 11, 13, 2}, MaskSpec::streaming(6, 8)},
+                                               {{3, 5, 9, 15, 6, 14}, MaskSpec::streaming(12, 4)}}) {
+    SCOPED_TRACE("sink " + std::to_string(c.mask.sink) + " window " + std::to_string(c.mask.window));
+    auto pack = Packing::from_lengths(c.lengths, torch::kCPU);
+    auto o = torch::TensorOptions().dtype(torch::kFloat64);
+    auto q = torch::randn({pack.tokens(), 6, 8}, o), k = torch::randn({pack.tokens(), 3, 8}, o),
+         v = torch::randn({pack.tokens(), 3, 8}, o);
+    const double scale = 0.3;
+    const MaskSpec window_only{0, c.mask.window};
+    auto want = attention_forward(q, k, v, pack, c.mask, scale);
+    auto got = attention_forward(q, k, v, pack, window_only, scale);
+    ASSERT_GT((got.out - want.out).abs().max().item<double>(), 1e-3);  // the prefixes matter here
+    merge_sink_prefix_rows(q, k, v, pack, c.mask, scale, got);
+    EXPECT_LT(rel_err(got.out, want.out), 1e-12);
+    EXPECT_LT((got.lse - want.lse).abs().max().item<double>(), 1e-12);
+
+    auto dout = torch::randn_like(q);
+    auto gw = attention_backward(dout, q, k, v, want, pack, c.mask, scale);
+    auto g = attention_backward(dout, q, k, v, want, pack, window_only, scale);
+    sink_prefix_rows_backward(dout, q, k, v, want, pack, c.mask, scale, g);
+    EXPECT_LT(rel_err(g.dq, gw.dq), 1e-12) << "dq";
+    EXPECT_LT(rel_err(g.dk, gw.dk), 1e-12) << "dk";
+    EXPECT_LT(rel_err(g.dv, gw.dv), 1e-12) << "dv";
   }
 }
 

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "attention/sink_merge.h"
+#include "attention/sink_rows.h"
 #include "util/device_copy.h"
 #include "util/error.h"
 
@@ -152,26 +153,7 @@ AttnGrads blocked_backward(const torch::Tensor& dout, const torch::Tensor& q, co
 // Sink keys outside the window: for query i >= window, keys j < min(sink, i - window + 1).
 // Rows i >= window + sink - 1 see every sink key: one non-causal flash pass of all query rows
 // against their sample's sink keys, merged into the windowed result by kernels/sink_merge.cu
-// (SinkKeys). The at most sink - 1 rows before them see a prefix of the sinks: computed densely
-// ([rows, sink] scores, never T x T).
-struct SinkRows {
-  int64_t s0, row0, rows, nsink;  // sample start, first query row (within sample), count, sink keys
-};
-
-std::vector<SinkRows> sink_rows(const Packing& pack, MaskSpec mask) {
-  std::vector<SinkRows> out;
-  if (mask.full() || mask.sink <= 0) return out;
-  constexpr int64_t kChunk = 4096;
-  for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const int64_t n = pack.length(b);
-    const int64_t end = std::min(n, mask.window + mask.sink - 1);
-    for (int64_t r = mask.window; r < end; r += kChunk) {
-      const int64_t e = std::min(end, r + kChunk);
-      out.push_back({pack.begin(b), r, e - r, std::min(mask.sink, e - mask.window)});
-    }
-  }
-  return out;
-}
+// (SinkKeys). The at most sink - 1 rows before them see a prefix of the sinks: attention/sink_rows.h.
 
 // The first min(sink, n) keys of every sample, as a varlen key batch for the sink pass. The pass
 // takes every query row (no gather of q, dout or out, which would be full-size copies); rows at
@@ -201,20 +183,6 @@ SinkKeys sink_keys(const Packing& pack, MaskSpec mask, torch::Device dev) {
   return s;
 }
 
-// Scores of a sink chunk: [Hkv, G, rows, nsink] fp32, masked (key j visible iff j <= i - window).
-torch::Tensor sink_scores(const torch::Tensor& q, const torch::Tensor& k, const SinkRows& c, MaskSpec mask,
-                          double scale, int64_t G) {
-  const int64_t Hkv = k.size(1), d = q.size(2);
-  auto qr = q.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3}).to(torch::kFloat32);
-  auto kr = k.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);  // [Hkv,ns,d]
-  auto sc = torch::matmul(qr.reshape({Hkv, G * c.rows, d}), kr.transpose(1, 2)).mul_(scale);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
-  auto i = torch::arange(c.row0, c.row0 + c.rows, i64).unsqueeze(1);
-  auto j = torch::arange(0, c.nsink, i64).unsqueeze(0);
-  auto vis = j <= (i - mask.window);
-  return sc.view({Hkv, G, c.rows, c.nsink}).masked_fill(vis.logical_not(), -std::numeric_limits<double>::infinity());
-}
-
 AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const Packing& pack, MaskSpec mask, double scale) {
   std::optional<int64_t> wl, wr;
@@ -225,20 +193,7 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
   auto r = at::_flash_attention_forward(q, k, v, pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len, 0.0,
                                         /*is_causal=*/true, /*return_debug_mask=*/false, scale, wl, wr);
   AttnForward f{std::get<0>(r), std::get<1>(r)};
-  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  for (const auto& c : sink_rows(pack, mask)) {
-    auto sc = sink_scores(q, k, c, mask, scale, G);               // [Hkv,G,rows,ns]
-    auto ls = torch::logsumexp(sc, -1);                           // [Hkv,G,rows]
-    auto p = torch::exp(sc - ls.unsqueeze(-1));
-    auto vr = v.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);  // [Hkv,ns,d]
-    auto os = torch::matmul(p.view({Hkv, G * c.rows, c.nsink}), vr).view({Hkv, G, c.rows, d});
-    auto lw = f.lse.narrow(1, c.s0 + c.row0, c.rows).view({Hkv, G, c.rows});
-    auto ow = f.out.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3}).to(torch::kFloat32);
-    auto l = torch::logaddexp(lw, ls);
-    auto o = ow * torch::exp(lw - l).unsqueeze(-1) + os * torch::exp(ls - l).unsqueeze(-1);
-    f.out.narrow(0, c.s0 + c.row0, c.rows).copy_(o.permute({2, 0, 1, 3}).reshape({c.rows, Hq, d}));
-    f.lse.narrow(1, c.s0 + c.row0, c.rows).copy_(l.reshape({Hq, c.rows}));
-  }
+  merge_sink_prefix_rows(q, k, v, pack, mask, scale, f);
   auto sk = sink_keys(pack, mask, q.device());
   if (!sk.empty()) {
     auto ks = k.index_select(0, sk.rows), vs = v.index_select(0, sk.rows);
@@ -337,27 +292,7 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
                                          pack.max_len, pack.max_len, 0.0, /*is_causal=*/true, empty, empty, scale,
                                          wl, wr);
   AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
-  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  for (const auto& c : sink_rows(pack, mask)) {
-    auto sc = sink_scores(q, k, c, mask, scale, G);  // [Hkv,G,rows,ns]
-    auto l = fwd.lse.narrow(1, c.s0 + c.row0, c.rows).view({Hkv, G, c.rows, 1});
-    auto p = torch::exp(sc - l).view({Hkv, G * c.rows, c.nsink});
-    auto heads = [&](const torch::Tensor& t) {
-      return t.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3})
-          .to(torch::kFloat32).reshape({Hkv, G * c.rows, d});
-    };
-    auto dob = heads(dout), ob = heads(fwd.out), qb = heads(q);
-    auto kr = k.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);
-    auto vr = v.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);
-    auto dp = torch::bmm(dob, vr.transpose(1, 2));
-    auto ds = p * (dp - (dob * ob).sum(-1, true));
-    auto dq = torch::bmm(ds, kr).mul_(scale).view({Hkv, G, c.rows, d}).permute({2, 0, 1, 3}).reshape({c.rows, Hq, d});
-    out.dq.narrow(0, c.s0 + c.row0, c.rows).add_(dq.to(out.dq.scalar_type()));
-    auto dk = torch::bmm(ds.transpose(1, 2), qb).mul_(scale).permute({1, 0, 2});
-    auto dv = torch::bmm(p.transpose(1, 2), dob).permute({1, 0, 2});
-    out.dk.narrow(0, c.s0, c.nsink).add_(dk.to(out.dk.scalar_type()));
-    out.dv.narrow(0, c.s0, c.nsink).add_(dv.to(out.dv.scalar_type()));
-  }
+  sink_prefix_rows_backward(dout, q, k, v, fwd, pack, mask, scale, out);
   auto sk = sink_keys(pack, mask, q.device());
   if (!sk.empty()) {
     // With the merged output and log-sum-exp, flash's backward gives exactly the sink keys' share.
