@@ -85,7 +85,10 @@ for s in "$@"; do
       stage profile
       M=$(model_dir qwen3-8b)
       $BUILD/elastic bench-train --model $M --tokens ${PROFILE_TOKENS:-16384,65536} --mix 1,1,1 --steps 2 --no-breakdown \
-        --profile ${BENCH_FLAGS:-} --out "$OUT/profile_elastic_qwen3-8b.json" 2>&1 | grep -E "info|warn|error" | tail -4 || status=1
+        --profile --trace /tmp/trace_elastic ${BENCH_FLAGS:-} --out "$OUT/profile_elastic_qwen3-8b.json" 2>&1 | grep -E "info|warn|error" | tail -4 || status=1
+      # Where the GPU idled: the host operators open at each gap (tools/trace_gaps.py).
+      for t in /tmp/trace_elastic_*.json; do python3 tools/trace_gaps.py $t --top 12 || status=1; done
+      [ -n "${NO_REFERENCE:-}" ] && continue
       timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset qwen3-8b --tokens ${PROFILE_TOKENS:-16384,65536} \
         --warmup 1 --steps 2 --profile --out "$OUT/profile_reference_qwen3-8b.json" 2>&1 | tail -3 || status=1
       python3 tools/compare_profiles.py "$OUT/profile_elastic_qwen3-8b.json" "$OUT/profile_reference_qwen3-8b.json" || status=1 ;;

@@ -37,7 +37,7 @@ json profile_json(const util::KernelProfile& p) {
 
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
-         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len"},
+         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace"},
          {"help", "no-checkpoint", "offload", "no-breakdown", "profile"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
@@ -46,6 +46,8 @@ int cmd_bench_train(int argc, char** argv) {
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
                  "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
                  "--profile: one more step under the CUDA profiler: device time by kernel and category.\n"
+                 "--trace PREFIX: with --profile, also the Chrome trace of that step, PREFIX_<tokens>.json\n"
+                 "  (tools/trace_gaps.py says what the host did while the GPU idled).\n"
                  "--gather-min-len N: routing-aware backward gathers selected heads from this longest-sample length.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
@@ -137,7 +139,10 @@ int cmd_bench_train(int argc, char** argv) {
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
                     << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
-      if (a.flag("profile")) run["profile"] = profile_json(util::profile_kernels(train_step));
+      if (a.flag("profile")) {
+        const std::string trace = a.has("trace") ? a.get("trace", "") + "_" + std::to_string(T) + ".json" : "";
+        run["profile"] = profile_json(util::profile_kernels(train_step, trace));
+      }
       if (!a.flag("no-breakdown")) {
         // One layer's attention, at this pack, with the measured routing mix.
         auto o = torch::TensorOptions().dtype(dtype).device(device);
