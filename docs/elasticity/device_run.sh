@@ -41,7 +41,7 @@ if [ -n "${BACKBONE_TGZ:-}" ]; then
   for v in $V; do tar -C $R/$v -xzf "$BACKBONE_TGZ"; done; best=${V%% *}; el "backbone from $BACKBONE_TGZ"
 else
 C=configs/elasticity-backbone.yaml
-for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda >/dev/null 2>&1 & done; wait
+for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda ${BBX[$v]:-} >/dev/null 2>&1 & done; wait
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
 N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-300}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
 for v in $V; do
