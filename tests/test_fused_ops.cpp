@@ -102,3 +102,34 @@ TEST(FusedOps, HybridEntryPointsOnTheCpuAreTheComposition) {
   expect_error([&] { attention::hybrid_blend(fa, sa, torch::rand({3, 4}, torch::kFloat64), pack); },
                {"hybrid blend: routing weights must be [samples, kv_heads]", "q_heads=6"});
 }
+
+TEST(FusedOps, RmsNormOnTheCpuIsTransformersSequenceBitForBit) {
+  torch::manual_seed(14);
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    auto x = torch::randn({5, 3, 64}).to(dtype), w = (1 + 0.1 * torch::randn({64})).to(dtype);
+    // The sequence RMSNorm ran before rms_norm existed, spelled out.
+    auto x32 = x.to(torch::kFloat32);
+    auto expected = w * (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + 1e-6)).to(dtype);
+    EXPECT_TRUE(torch::equal(model::rms_norm(x, w, 1e-6), expected));
+    model::RMSNorm norm(64, 1e-6, torch::TensorOptions().dtype(dtype));
+    norm->weight.copy_(w);
+    EXPECT_TRUE(torch::equal(norm->forward(x), expected));
+    // The residual sum is the plain add, its norm the same sequence.
+    auto b = torch::randn({5, 3, 64}).to(dtype);
+    auto [h, y] = norm->forward_add(x, b);
+    EXPECT_TRUE(torch::equal(h, x + b));
+    EXPECT_TRUE(torch::equal(y, model::rms_norm_composed(x + b, w, 1e-6)));
+  }
+  // Differentiable in both outputs and, on this path, in the weight (fp32 inside, as transformers).
+  auto a = torch::randn({4, 16}, torch::kFloat64).requires_grad_(), b = torch::randn({4, 16}, torch::kFloat64);
+  auto w = torch::randn({16}, torch::kFloat64).requires_grad_();
+  auto [h, y] = model::add_rms_norm(a, b, w, 1e-6);
+  auto dh = torch::randn({4, 16}, torch::kFloat64), dy = torch::randn({4, 16}, torch::kFloat64);
+  auto ours = torch::autograd::grad({h, y}, {a, w}, {dh, dy});
+  auto a2 = a.detach().clone().requires_grad_(), w2 = w.detach().clone().requires_grad_();
+  auto h2 = a2 + b;
+  auto y2 = h2 * torch::rsqrt(h2.pow(2).mean(-1, true) + 1e-6) * w2;
+  auto ref = torch::autograd::grad({h2, y2}, {a2, w2}, {dh, dy});
+  EXPECT_LT(rel_err(ours[0], ref[0]), 1e-6);
+  EXPECT_LT(rel_err(ours[1], ref[1]), 1e-6);
+}

@@ -28,6 +28,8 @@ struct KernelShape {
 std::vector<KernelCase> elementwise_kernel_cases(const KernelShape& s);
 // Streaming attention's sink part (bench_kernels_sink.cpp).
 std::vector<KernelCase> sink_kernel_cases(const KernelShape& s);
+// RMSNorm and the residual add in front of it (bench_kernels_norm.cpp).
+std::vector<KernelCase> norm_kernel_cases(const KernelShape& s);
 // Pair gather and scatter of hybrid attention's backward (bench_kernels_gather.cpp).
 std::vector<KernelCase> gather_kernel_cases(const KernelShape& s);
 

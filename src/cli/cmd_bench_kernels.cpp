@@ -30,6 +30,7 @@ int cmd_bench_kernels(int argc, char** argv) {
   Timer timer{s.device};
   std::vector<KernelCase> cases = elementwise_kernel_cases(s);
   for (auto& c : sink_kernel_cases(s)) cases.push_back(std::move(c));
+  for (auto& c : norm_kernel_cases(s)) cases.push_back(std::move(c));
   for (auto& c : gather_kernel_cases(s)) cases.push_back(std::move(c));
   json runs = json::array();
   for (auto& c : cases) {

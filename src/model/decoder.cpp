@@ -100,8 +100,11 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const 
 }
 
 torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardContext& ctx) {
-  auto h = x + self_attn->forward(input_layernorm->forward(x), ctx);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  // The attention's residual add goes into the second norm's kernel. The layer's last add stays
+  // apart: its sum is the next layer's input, the tensor the checkpoint keeps and the next layer's
+  // recompute starts from, so fusing it with that layer's first norm would cross the boundary.
+  auto [h, y] = post_attention_layernorm->forward_add(x, self_attn->forward(input_layernorm->forward(x), ctx));
+  return h + mlp->forward(y);
 }
 
 namespace {

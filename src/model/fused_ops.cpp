@@ -7,6 +7,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
 #endif
@@ -101,6 +102,76 @@ class SwigluFn : public torch::autograd::Function<SwigluFn> {
   }
 };
 
+// Where rms_norm and add_rms_norm take the kernel: it has no weight gradient, so a trainable
+// weight (backbone training) stays on ATen, as do weights of another dtype or device.
+bool fused_norm(const torch::Tensor& x, const torch::Tensor& w) {
+  return fused(x) && x.dim() >= 1 && w.defined() && !w.requires_grad() && w.dim() == 1 &&
+         w.size(0) == x.size(-1) && w.scalar_type() == x.scalar_type() && w.device() == x.device() &&
+         w.is_contiguous();
+}
+
+// The path of an RMSNorm before the kernel existed.
+torch::Tensor rms_norm_aten(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  if (x.is_cuda()) return at::rms_norm(x, {w.size(0)}, w, eps);
+  return rms_norm_composed(x, w, eps);
+}
+
+[[maybe_unused]] int64_t norm_rows(const torch::Tensor& x) { return x.size(-1) == 0 ? 0 : x.numel() / x.size(-1); }
+
+void check_norm_weight(const char* fn, const torch::Tensor& w, const torch::Tensor& x) {
+  ELASTIC_CHECK(w.defined() && x.dim() >= 1 && w.dim() == 1 && w.size(0) == x.size(-1) &&
+                    w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.is_contiguous(),
+                fn << ": weight must be a contiguous " << x.scalar_type() << " tensor [n] with n the last dimension of "
+                   << util::describe(x) << ", got " << util::describe(w));
+}
+
+class RmsNormFn : public torch::autograd::Function<RmsNormFn> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& w, double eps) {
+    auto xc = x.contiguous();
+    ctx->save_for_backward({xc, w});
+    ctx->saved_data["eps"] = eps;
+    auto y = torch::empty(xc.sizes(), xc.options());
+    rms_norm_out(y, xc, w, eps);
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0], &w = saved[1];
+    auto dx = torch::empty(x.sizes(), x.options());
+    rms_norm_backward_out(dx, grads[0].contiguous(), x, w, ctx->saved_data["eps"].toDouble(), torch::Tensor());
+    return {dx, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// Outputs {h, y}; dL/da = dL/db = dh + (norm backward of dy at h), one tensor for both.
+class AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& a, const torch::Tensor& b,
+                               const torch::Tensor& w, double eps) {
+    // An unused output's gradient stays undefined instead of becoming a tensor of zeros.
+    ctx->set_materialize_grads(false);
+    auto ac = a.contiguous(), bc = b.contiguous();
+    auto h = torch::empty(ac.sizes(), ac.options()), y = torch::empty(ac.sizes(), ac.options());
+    add_rms_norm_out(h, y, ac, bc, w, eps);
+    ctx->save_for_backward({h, w});
+    ctx->saved_data["eps"] = eps;
+    return {h, y};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &h = saved[0], &w = saved[1];
+    const auto &dh = grads[0], &dy = grads[1];
+    torch::Tensor g = dh;
+    if (dy.defined()) {
+      g = torch::empty(h.sizes(), h.options());
+      rms_norm_backward_out(g, dy.contiguous(), h, w, ctx->saved_data["eps"].toDouble(),
+                            dh.defined() ? dh.contiguous() : torch::Tensor());
+    }
+    return {g, g, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 torch::Tensor rope_composed(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -114,6 +185,13 @@ torch::Tensor rope_composed(const torch::Tensor& x, const torch::Tensor& cos, co
 
 torch::Tensor swiglu_composed(const torch::Tensor& g, const torch::Tensor& u) { return torch::silu(g) * u; }
 
+torch::Tensor rms_norm_composed(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  auto x32 = x.to(torch::kFloat32);
+  auto var = x32.pow(2).mean(-1, true);
+  x32 = x32 * torch::rsqrt(var + eps);
+  return w * x32.to(x.scalar_type());
+}
+
 torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   check_rope_args(x, cos, sin);
   return RopeFn::apply(x, cos, sin);
@@ -123,6 +201,22 @@ torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
   ELASTIC_CHECK(g.sizes() == u.sizes(), "swiglu: up projection must have the gate's shape " << g.sizes() << ", got "
                                                                                             << u.sizes());
   return SwigluFn::apply(g, u);
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  if (!fused_norm(x, w)) return rms_norm_aten(x, w, eps);
+  return RmsNormFn::apply(x, w, eps);
+}
+
+std::pair<torch::Tensor, torch::Tensor> add_rms_norm(const torch::Tensor& a, const torch::Tensor& b,
+                                                      const torch::Tensor& w, double eps) {
+  if (!fused_norm(a, w) || !b.defined() || b.sizes() != a.sizes() || b.scalar_type() != a.scalar_type() ||
+      b.device() != a.device()) {
+    auto h = a + b;
+    return {h, rms_norm(h, w, eps)};
+  }
+  auto r = AddRmsNormFn::apply(a, b, w, eps);
+  return {r[0], r[1]};
 }
 
 void rope_out(const torch::Tensor& y, const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -169,6 +263,55 @@ void swiglu_backward_out(const torch::Tensor& dg, const torch::Tensor& du, const
                            is_bf16(g), at::cuda::getCurrentCUDAStream());
 #else
   util::no_cuda_kernels("swiglu backward");
+#endif
+}
+
+void rms_norm_out(const torch::Tensor& y, const torch::Tensor& x, const torch::Tensor& w, double eps) {
+  check_kernel_input(x, "rms_norm", "x");
+  check_norm_weight("rms_norm", w, x);
+  check_like("rms_norm", y, x, "output");
+#ifdef ELASTIC_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  kernels::rmsnorm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), norm_rows(x), x.size(-1), static_cast<float>(eps),
+                           is_bf16(x), at::cuda::getCurrentCUDAStream());
+#else
+  (void)eps;
+  util::no_cuda_kernels("rms_norm");
+#endif
+}
+
+void add_rms_norm_out(const torch::Tensor& h, const torch::Tensor& y, const torch::Tensor& a, const torch::Tensor& b,
+                      const torch::Tensor& w, double eps) {
+  check_kernel_input(a, "add_rms_norm", "a");
+  check_like("add_rms_norm", b, a, "b");
+  check_norm_weight("add_rms_norm", w, a);
+  check_like("add_rms_norm", h, a, "sum output");
+  check_like("add_rms_norm", y, a, "norm output");
+#ifdef ELASTIC_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(a.device());
+  kernels::add_rmsnorm_forward(a.data_ptr(), b.data_ptr(), w.data_ptr(), h.data_ptr(), y.data_ptr(), norm_rows(a),
+                               a.size(-1), static_cast<float>(eps), is_bf16(a), at::cuda::getCurrentCUDAStream());
+#else
+  (void)eps;
+  util::no_cuda_kernels("add_rms_norm");
+#endif
+}
+
+void rms_norm_backward_out(const torch::Tensor& dx, const torch::Tensor& dy, const torch::Tensor& x,
+                           const torch::Tensor& w, double eps, const torch::Tensor& dres) {
+  check_kernel_input(x, "rms_norm backward", "x");
+  check_like("rms_norm backward", dy, x, "output gradient");
+  check_norm_weight("rms_norm backward", w, x);
+  if (dres.defined()) check_like("rms_norm backward", dres, x, "residual gradient");
+  check_like("rms_norm backward", dx, x, "input gradient");
+#ifdef ELASTIC_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  kernels::rmsnorm_backward(dy.data_ptr(), x.data_ptr(), w.data_ptr(), dres.defined() ? dres.data_ptr() : nullptr,
+                            dx.data_ptr(), norm_rows(x), x.size(-1), static_cast<float>(eps), is_bf16(x),
+                            at::cuda::getCurrentCUDAStream());
+#else
+  (void)eps;
+  util::no_cuda_kernels("rms_norm backward");
 #endif
 }
 

@@ -17,14 +17,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, const torch::TensorOptions& o
   weight = register_parameter("weight", torch::empty({dim}, opts), false);
 }
 
-torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) const {
-  // On GPUs one fused kernel (fp32 statistics, one rounding at the end) instead of five
-  // full-size fp32 passes; on the CPU transformers' exact sequence, which the golden tests pin.
-  if (x.is_cuda()) return at::rms_norm(x, {weight.size(0)}, weight, eps);
-  auto x32 = x.to(torch::kFloat32);
-  auto var = x32.pow(2).mean(-1, true);
-  x32 = x32 * torch::rsqrt(var + eps);
-  return weight * x32.to(x.scalar_type());
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) const { return rms_norm(x, weight, eps); }
+
+std::pair<torch::Tensor, torch::Tensor> RMSNormImpl::forward_add(const torch::Tensor& a, const torch::Tensor& b) const {
+  return add_rms_norm(a, b, weight, eps);
 }
 
 EmbeddingImpl::EmbeddingImpl(int64_t vocab, int64_t dim, const torch::TensorOptions& opts) {

@@ -19,9 +19,13 @@ TORCH_MODULE(Linear);
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps, const torch::TensorOptions& opts);
-  // Normalises over the last dimension in fp32 and returns the input dtype, as transformers does
-  // (on GPUs fused, rounding once where transformers rounds before the weight multiply).
+  // Normalises over the last dimension in fp32 and returns the input dtype: on the CPU
+  // transformers' exact sequence, which the golden tests pin; on GPUs one kernel, rounding once
+  // where transformers rounds before the weight multiply (model::rms_norm).
   torch::Tensor forward(const torch::Tensor& x) const;
+  // {h = a + b, forward(h)}: on GPUs the residual add and the norm in one kernel each way, h equal
+  // to the separate add bit for bit (model::add_rms_norm).
+  std::pair<torch::Tensor, torch::Tensor> forward_add(const torch::Tensor& a, const torch::Tensor& b) const;
   torch::Tensor weight;
   double eps;
 };
