@@ -4,7 +4,7 @@
 
 Every gap between GPU activities (kernels, copies, sets; all streams merged) longer than --min-us is
 charged to the host operators open when the gap began: the innermost operator and its outermost
-ancestor (an autograd node or a module-level op), plus any blocking CUDA runtime call that overlaps
+ancestor on the host thread with the deepest stack then (an autograd node or a module-level op), plus any blocking CUDA runtime call that overlaps
 the gap (cudaStreamSynchronize, a synchronous cudaMemcpy: a host wait drained the queue). Prints
 a table of the largest causes; --json writes it too.
 
@@ -40,21 +40,33 @@ def main():
     gpu = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev if e.get("cat") in GPU_CATS)
     if not gpu:
         raise SystemExit(f"{a.trace}: no GPU activity in the trace")
-    ops = sorted((e for e in ev if e.get("cat") == "cpu_op"), key=lambda e: (e["ts"], -e["dur"]))
+    ops = collections.defaultdict(list)  # host thread -> operators by start, outer before inner
+    for e in sorted((e for e in ev if e.get("cat") == "cpu_op"), key=lambda e: (e["ts"], -e["dur"])):
+        ops[e["tid"]].append(e)
     runtime = sorted((e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")), key=lambda e: e["ts"])
     rt_starts = [e["ts"] for e in runtime]
-    # The main host thread: the one with the most operator time.
-    busy = collections.Counter()
-    for e in ops:
-        busy[e["tid"]] += e["dur"]
-    main_tid = busy.most_common(1)[0][0] if busy else None
-    ops = [e for e in ops if e["tid"] == main_tid]
-    op_starts = [e["ts"] for e in ops]
+    # One sweep in time order: per thread, the stack of operators open at the query time (operators
+    # of one thread nest). Queries must come in increasing time.
+    cursor = {tid: 0 for tid in ops}
+    stacks = {tid: [] for tid in ops}
 
     def open_ops(t):
-        """Operators open at time t, outermost first."""
-        i = bisect.bisect_right(op_starts, t)
-        return [e for e in ops[max(0, i - 4000):i] if e["ts"] + e["dur"] > t]
+        """Operators open at time t, outermost first, on the host thread with the deepest stack (the
+        forward runs on the main thread, the backward on autograd's device thread)."""
+        best = []
+        for tid, l in ops.items():
+            st, i = stacks[tid], cursor[tid]
+            while i < len(l) and l[i]["ts"] <= t:
+                while st and st[-1]["ts"] + st[-1]["dur"] <= l[i]["ts"]:
+                    st.pop()
+                st.append(l[i])
+                i += 1
+            cursor[tid] = i
+            while st and st[-1]["ts"] + st[-1]["dur"] <= t:
+                st.pop()
+            if len(st) > len(best):
+                best = list(st)
+        return best
 
     # Merge GPU activity into busy intervals, then walk the gaps.
     merged = []
