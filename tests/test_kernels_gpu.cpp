@@ -10,10 +10,11 @@
 #include "attention/hybrid_blend.h"
 #include "model/fused_ops.h"
 #include "model/layers.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 using namespace elastic;
-using elastic::testing::rel_err;
+using namespace elastic::testing;
 
 namespace {
 
@@ -25,26 +26,6 @@ class KernelsGpu : public ::testing::Test {
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   }
 };
-
-double tolerance(torch::ScalarType t) { return t == torch::kBFloat16 ? 1e-2 : 1e-5; }
-
-std::string dtype_name(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf16" : "fp32"; }
-
-torch::Tensor nan_like(const torch::Tensor& t) { return torch::full_like(t, std::numeric_limits<double>::quiet_NaN()); }
-
-// A contiguous tensor whose data starts `offset` elements into its storage: offset 1 makes the
-// pointer unaligned for 16-byte accesses, so the kernels take their scalar paths.
-torch::Tensor placed(const torch::Tensor& t, int64_t offset) {
-  if (offset == 0) return t.clone();
-  auto buf = torch::empty({t.numel() + offset}, t.options());
-  auto v = buf.narrow(0, offset, t.numel()).view(t.sizes());
-  v.copy_(t);
-  return v;
-}
-
-torch::Tensor randn(at::IntArrayRef shape, torch::ScalarType dtype) {
-  return torch::randn(shape, torch::TensorOptions().device(torch::kCUDA)).to(dtype);
-}
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(kF64); }
 
@@ -75,8 +56,8 @@ TEST_F(KernelsGpu, RopeForwardAndBackwardMatchFp64) {
     for (auto dtype : {torch::kBFloat16, torch::kFloat32}) {
       SCOPED_TRACE("T " + std::to_string(T) + " H " + std::to_string(sh.heads) + " d " + std::to_string(sh.d) +
                    " offset " + std::to_string(sh.offset) + " " + dtype_name(dtype));
-      auto x = placed(randn({T, sh.heads, sh.d}, dtype), sh.offset);
-      auto dy = placed(randn({T, sh.heads, sh.d}, dtype), sh.offset);
+      auto x = placed(randn_cuda({T, sh.heads, sh.d}, dtype), sh.offset);
+      auto dy = placed(randn_cuda({T, sh.heads, sh.d}, dtype), sh.offset);
       // fp64 reference: the composition's forward and its autograd backward.
       auto x64 = f64(x).requires_grad_();
       auto y64 = model::rope_composed(x64, f64(cos), f64(sin));
@@ -114,9 +95,9 @@ TEST_F(KernelsGpu, SwigluForwardAndBackwardMatchFp64) {
       SCOPED_TRACE("T " + std::to_string(sh.tokens) + " I " + std::to_string(sh.width) + " offset " +
                    std::to_string(sh.offset) + " " + dtype_name(dtype));
       // Gate values up to about +-12: sigmoid saturates on both sides.
-      auto g = placed((3 * randn({sh.tokens, sh.width}, torch::kFloat32)).to(dtype), sh.offset);
-      auto u = placed(randn({sh.tokens, sh.width}, dtype), sh.offset);
-      auto dy = placed(randn({sh.tokens, sh.width}, dtype), sh.offset);
+      auto g = placed((3 * randn_cuda({sh.tokens, sh.width}, torch::kFloat32)).to(dtype), sh.offset);
+      auto u = placed(randn_cuda({sh.tokens, sh.width}, dtype), sh.offset);
+      auto dy = placed(randn_cuda({sh.tokens, sh.width}, dtype), sh.offset);
       auto g64 = f64(g).requires_grad_(), u64 = f64(u).requires_grad_();
       auto y64 = torch::silu(g64) * u64;
       auto grads64 = torch::autograd::grad({y64}, {g64, u64}, {f64(dy)});
@@ -164,9 +145,9 @@ TEST_F(KernelsGpu, HybridBlendKernelsMatchFp64Autograd) {
         SCOPED_TRACE("T " + std::to_string(T) + " B " + std::to_string(B) + " Hq " + std::to_string(sh.hq) + " Hkv " +
                      std::to_string(sh.hkv) + " d " + std::to_string(sh.d) + " offset " + std::to_string(sh.offset) +
                      (hard ? " hard " : " soft ") + dtype_name(dtype));
-        auto fa = placed(randn({T, sh.hq, sh.d}, dtype), sh.offset);
-        auto sa = placed(randn({T, sh.hq, sh.d}, dtype), sh.offset);
-        auto dout = placed(randn({T, sh.hq, sh.d}, dtype), sh.offset);
+        auto fa = placed(randn_cuda({T, sh.hq, sh.d}, dtype), sh.offset);
+        auto sa = placed(randn_cuda({T, sh.hq, sh.d}, dtype), sh.offset);
+        auto dout = placed(randn_cuda({T, sh.hq, sh.d}, dtype), sh.offset);
         // fp64 autograd of the composition: d/ds is ds, d/dfa and d/dsa the branch gradients.
         auto fa64 = f64(fa).requires_grad_(), sa64 = f64(sa).requires_grad_(), s64 = f64(s).requires_grad_();
         auto out64 = attention::hybrid_blend_composed(fa64, sa64, s64, pack);
@@ -215,7 +196,7 @@ TEST_F(KernelsGpu, HybridDsNeedsNoSortedSampleIds) {
   auto opts = torch::TensorOptions().device(torch::kCUDA);
   auto sid = torch::randint(0, B, {T}, opts.dtype(torch::kInt64));
   for (auto dtype : {torch::kBFloat16, torch::kFloat32}) {
-    auto fa = randn({T, Hq, d}, dtype), sa = randn({T, Hq, d}, dtype), dout = randn({T, Hq, d}, dtype);
+    auto fa = randn_cuda({T, Hq, d}, dtype), sa = randn_cuda({T, Hq, d}, dtype), dout = randn_cuda({T, Hq, d}, dtype);
     auto per_tok = ((f64(fa) - f64(sa)) * f64(dout)).view({T, Hkv, Hq / Hkv, d}).sum({2, 3});
     auto ref = torch::zeros({B, Hkv}, per_tok.options()).index_add_(0, sid, per_tok);
     auto ds = torch::full({B, Hkv}, std::numeric_limits<float>::quiet_NaN(), opts.dtype(torch::kFloat32));

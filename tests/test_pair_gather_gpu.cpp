@@ -14,11 +14,11 @@
 #include "attention/hybrid.h"
 #include "attention/hybrid_blend.h"
 #include "attention/pair_gather.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 using namespace elastic::attention;
-using elastic::testing::expect_error;
-using elastic::testing::rel_err;
+using namespace elastic::testing;
 
 namespace {
 
@@ -54,16 +54,6 @@ torch::Tensor scatter_ref(const torch::Tensor& dst, const torch::Tensor& src, co
   auto d = dst.clone();
   d.index_put_(put_index(tok, head), src, accumulate);
   return d;
-}
-
-// A contiguous copy of t whose data starts `offset` elements into its storage: offset 1 breaks
-// the 16-byte alignment, so the kernel takes its scalar path.
-torch::Tensor placed(const torch::Tensor& t, int64_t offset) {
-  if (offset == 0) return t.clone();
-  auto buf = torch::empty({t.numel() + offset}, t.options());
-  auto v = buf.narrow(0, offset, t.numel()).view(t.sizes());
-  v.copy_(t);
-  return v;
 }
 
 std::vector<int64_t> concat(std::vector<int64_t> a, const std::vector<int64_t>& b) {

@@ -12,10 +12,11 @@
 
 #include "model/fused_ops.h"
 #include "model/layers.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 using namespace elastic;
-using elastic::testing::rel_err;
+using namespace elastic::testing;
 
 namespace {
 
@@ -28,26 +29,6 @@ class RmsNormGpu : public ::testing::Test {
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   }
 };
-
-double tolerance(torch::ScalarType t) { return t == torch::kBFloat16 ? 1e-2 : 1e-5; }
-
-std::string dtype_name(torch::ScalarType t) { return t == torch::kBFloat16 ? "bf16" : "fp32"; }
-
-torch::Tensor nan_like(const torch::Tensor& t) { return torch::full_like(t, std::numeric_limits<double>::quiet_NaN()); }
-
-// A contiguous copy of t whose data starts `offset` elements into its storage: offset 1 leaves the
-// pointer unaligned for 16-byte accesses, so the kernels take their scalar path.
-torch::Tensor placed(const torch::Tensor& t, int64_t offset) {
-  if (offset == 0) return t.clone();
-  auto buf = torch::empty({t.numel() + offset}, t.options());
-  auto v = buf.narrow(0, offset, t.numel()).view(t.sizes());
-  v.copy_(t);
-  return v;
-}
-
-torch::Tensor randn(at::IntArrayRef shape, torch::ScalarType dtype) {
-  return torch::randn(shape, torch::TensorOptions().device(torch::kCUDA)).to(dtype);
-}
 
 // Weights of a trained norm are far from all ones; these vary by about +-50%.
 torch::Tensor norm_weight(int64_t n, torch::ScalarType dtype) {
@@ -98,9 +79,9 @@ TEST_F(RmsNormGpu, ForwardAndBackwardKernelsMatchFp64) {
   for (const auto& sh : kShapes) {
     for (auto dtype : kDtypes) {
       SCOPED_TRACE(describe(sh, dtype));
-      auto x = placed(randn({sh.rows, sh.n}, dtype), sh.offset);
-      auto dy = placed(randn({sh.rows, sh.n}, dtype), sh.offset);
-      auto dres = placed(randn({sh.rows, sh.n}, dtype), sh.offset);
+      auto x = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset);
+      auto dy = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset);
+      auto dres = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset);
       auto w = norm_weight(sh.n, dtype);
       auto [y64, dx64] = reference_with_grad(x, w, dy);
 
@@ -128,7 +109,7 @@ TEST_F(RmsNormGpu, AddKernelSumIsTheSeparateAddBitForBit) {
     for (auto dtype : kDtypes) {
       SCOPED_TRACE(describe(sh, dtype));
       // Terms of different scales, so that most sums round.
-      auto a = randn({sh.rows, sh.n}, dtype), b = (0.37 * randn({sh.rows, sh.n}, torch::kFloat32)).to(dtype);
+      auto a = randn_cuda({sh.rows, sh.n}, dtype), b = (0.37 * randn_cuda({sh.rows, sh.n}, torch::kFloat32)).to(dtype);
       // Subnormal terms and sums in the first row: a flush-to-zero add would differ from ATen's.
       a[0].narrow(0, 0, std::min<int64_t>(sh.n, 4)).fill_(3e-39);
       b[0].narrow(0, 0, std::min<int64_t>(sh.n, 4)).fill_(2e-39);
@@ -152,11 +133,11 @@ TEST_F(RmsNormGpu, AutogradFunctionsMatchFp64Autograd) {
     for (auto dtype : kDtypes) {
       SCOPED_TRACE(describe(sh, dtype));
       auto w = norm_weight(sh.n, dtype);
-      auto dy = placed(randn({sh.rows, sh.n}, dtype), sh.offset);
-      auto dh = placed(randn({sh.rows, sh.n}, dtype), sh.offset);
+      auto dy = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset);
+      auto dh = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset);
 
       // rms_norm, as RMSNorm::forward calls it (q_norm's [T, H, d] view included).
-      auto x = placed(randn({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
+      auto x = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
       auto y = model::rms_norm(x, w, kEps);
       ASSERT_TRUE(y.grad_fn());
       EXPECT_NE(y.grad_fn()->name().find("RmsNormFn"), std::string::npos) << y.grad_fn()->name();
@@ -171,8 +152,8 @@ TEST_F(RmsNormGpu, AutogradFunctionsMatchFp64Autograd) {
       }
 
       // add_rms_norm: a and b both get dh + the norm's backward at h.
-      auto a = placed(randn({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
-      auto b = placed(randn({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
+      auto a = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
+      auto b = placed(randn_cuda({sh.rows, sh.n}, dtype), sh.offset).requires_grad_();
       auto [h, yh] = model::add_rms_norm(a, b, w, kEps);
       ASSERT_TRUE(yh.grad_fn());
       EXPECT_NE(yh.grad_fn()->name().find("AddRmsNormFn"), std::string::npos) << yh.grad_fn()->name();
@@ -199,8 +180,8 @@ TEST_F(RmsNormGpu, TrainableWeightStaysOnAtenAndGetsItsGradient) {
   for (auto dtype : kDtypes) {
     SCOPED_TRACE(dtype_name(dtype));
     auto w = norm_weight(n, dtype).requires_grad_();
-    auto x = randn({rows, n}, dtype).requires_grad_();
-    auto dy = randn({rows, n}, dtype);
+    auto x = randn_cuda({rows, n}, dtype).requires_grad_();
+    auto dy = randn_cuda({rows, n}, dtype);
     auto y = model::rms_norm(x, w, kEps);
     ASSERT_TRUE(y.grad_fn());
     EXPECT_EQ(y.grad_fn()->name().find("RmsNormFn"), std::string::npos) << y.grad_fn()->name();
@@ -213,7 +194,7 @@ TEST_F(RmsNormGpu, TrainableWeightStaysOnAtenAndGetsItsGradient) {
     EXPECT_LT(rel_err(g[1], g64[1]), tolerance(dtype)) << "dw";
 
     // The residual form takes the same path: the plain add, then at::rms_norm.
-    auto a = randn({rows, n}, dtype), b = randn({rows, n}, dtype);
+    auto a = randn_cuda({rows, n}, dtype), b = randn_cuda({rows, n}, dtype);
     auto [h, yh] = model::add_rms_norm(a, b, w, kEps);
     EXPECT_TRUE(torch::equal(h, a + b));
     EXPECT_TRUE(torch::equal(yh, at::rms_norm(a + b, {n}, w, kEps)));
@@ -235,11 +216,11 @@ TEST_F(RmsNormGpu, ModuleUsesTheKernelWithItsFrozenWeight) {
       torch::NoGradGuard ng;
       norm->weight.copy_(norm_weight(128, dtype));
     }
-    auto q = randn({129, 32, 128}, dtype);
+    auto q = randn_cuda({129, 32, 128}, dtype);
     auto y = torch::empty_like(q);
     model::rms_norm_out(y, q, norm->weight, kEps);
     EXPECT_TRUE(torch::equal(norm->forward(q), y)) << dtype_name(dtype);
-    auto a = randn({129, 128}, dtype), b = randn({129, 128}, dtype);
+    auto a = randn_cuda({129, 128}, dtype), b = randn_cuda({129, 128}, dtype);
     auto h = torch::empty_like(a), yh = torch::empty_like(a);
     model::add_rms_norm_out(h, yh, a, b, norm->weight, kEps);
     auto out = norm->forward_add(a, b);

@@ -7,11 +7,11 @@
 
 #include "attention/attention.h"
 #include "attention/sink_merge.h"
+#include "kernel_test_util.h"
 #include "test_util.h"
 
 using namespace elastic::attention;
-using elastic::testing::expect_error;
-using elastic::testing::rel_err;
+using namespace elastic::testing;
 
 namespace {
 
@@ -42,16 +42,6 @@ Merged merge_fp64(const torch::Tensor& out_w, const torch::Tensor& lse_w, const 
 bool same_bits(const torch::Tensor& a, const torch::Tensor& b) {
   const auto bits = a.element_size() == 2 ? torch::kInt16 : torch::kInt32;
   return torch::equal(a.contiguous().view(bits), b.contiguous().view(bits));
-}
-
-// A contiguous [T, H, d] tensor whose data starts `offset` elements into its allocation
-// (offset 1: misaligned for 16-byte accesses, the kernel's one-element path).
-torch::Tensor rows_at(const torch::Tensor& src, int64_t offset) {
-  if (offset == 0) return src.clone();
-  auto buf = torch::empty({src.numel() + offset}, src.options());
-  auto t = buf.narrow(0, offset, src.numel()).view(src.sizes());
-  t.copy_(src);
-  return t;
 }
 
 struct Inputs {
@@ -115,7 +105,7 @@ TEST_F(SinkGpu, MergeMatchesFp64AndLeavesOtherRowsUntouched) {
             SCOPED_TRACE(std::string(name(dtype)) + " d " + std::to_string(d) + " H " + std::to_string(H) + " first " +
                          std::to_string(first) + " offset " + std::to_string(offset));
             auto in = random_inputs(T, H, d, dtype);
-            in.out_w = rows_at(in.out_w, offset);
+            in.out_w = placed(in.out_w, offset);
             auto ref = merge_fp64(in.out_w, in.lse_w, in.out_s, in.lse_s);
             auto sel = pack.positions >= first;
             auto rows = torch::nonzero(sel).flatten(), kept = torch::nonzero(sel.logical_not()).flatten();
@@ -130,7 +120,7 @@ TEST_F(SinkGpu, MergeMatchesFp64AndLeavesOtherRowsUntouched) {
             EXPECT_TRUE(same_bits(lse.index_select(1, kept), lse0.index_select(1, kept)));
 
             // In place, as attention calls it.
-            auto ow = rows_at(in.out_w, offset), lw = in.lse_w.clone();
+            auto ow = placed(in.out_w, offset), lw = in.lse_w.clone();
             sink_merge(ow, lw, ow, lw, in.out_s, in.lse_s, pack.positions, first);
             expect_close(ow, lw, ref, in, rows);
             EXPECT_TRUE(same_bits(ow.index_select(0, kept), in.out_w.index_select(0, kept)));
