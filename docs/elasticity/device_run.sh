@@ -5,6 +5,8 @@
 # BB_BUDGET seconds each; the one with the best full-attention accuracy goes on to the router,
 # baseline and report stages. Variants: V="a b c" (see below); RT_EXTRA: more router --set.
 # Usage (repo root): OUT=/some/dir bash docs/elasticity/device_run.sh
+# Work goes to a fresh R (default mktemp -d /tmp/ea.XXXX): tools/elasticity.sh reuses finished stages,
+# and a warm machine still holds the previous call's (on 2026-11-25 a call silently re-reported them).
 # Two calls when one is too short: BB_ONLY=1 stops after the backbones and leaves the best one in
 # $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training.
 set -uo pipefail
@@ -12,7 +14,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/elasticity-out}; mkdir -p "$OUT"
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$OUT/driver.log"; }
 [ -x build-gpu/elastic ] || { el build; OUT=/tmp/gpu-build bash tools/gpu_check.sh build | tail -2; }
-export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-/tmp/ea}; mkdir -p $R
+export ELASTIC_BIN=$PWD/build-gpu/elastic; E=$ELASTIC_BIN; R=${R:-$(mktemp -d /tmp/ea.XXXX)}; mkdir -p $R
 # A variant is the defaults below plus its exceptions. a: the 2026-11-24 recipe; b: every token
 # labelled; c: 256-512-token contexts with SSA 16 + 64. d-i (2026-11-25): like a, with
 # BB_STAGE1_STEPS of retrieval + multihop first, 8K or 32K-token packs and initial-weight seeds
