@@ -33,7 +33,9 @@ declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768 [l]
 declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2 [l]=2)  # default 0
 declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS" [l]="$RANDOM_QUARTER")  # more backbone --set (default none)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
-V=${V:-a b c}
+# Defaults: the session-4 recipe (run 4 of docs/elasticity.md, about 6 minutes on one H100).
+V=${V:-k}
+export BB_STAGE1_STEPS=${BB_STAGE1_STEPS:-2500}
 el "data"
 for v in $V; do
   EL_SEED=${SEED[$v]:-0} BB_LABELS=${LABELS[$v]:-predictable} EL_MODEL="$MODEL" EL_DATA="$D ${LEN[$v]:-$L1} --pack-tokens ${PACK[$v]:-8192}" \
@@ -45,7 +47,7 @@ else
 C=configs/elasticity-backbone.yaml
 for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda ${BBX[$v]:-} >/dev/null 2>&1 & done; wait
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
-N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-300}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
+N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-180}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
 for v in $V; do
   BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
 done
@@ -63,6 +65,6 @@ if [ -n "${BB_ONLY:-}" ]; then
   (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el "backbones only: done"; exit 0
 fi
 fi
-RT_SET="--set train.steps=${RT_STEPS:-400} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
+RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
 tail -20 $OUT/pipeline.log
 (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el done
