@@ -102,12 +102,12 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
 }
 
 // Inference with hard decisions: each (sample, head) runs only its selected branch, all heads
-// of a branch in one varlen call.
+// of a branch in one varlen call. s_host: the decisions on the host.
 torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
+                                const torch::Tensor& s_host, const Packing& pack, MaskSpec ssa, double scale) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   auto out = torch::empty(q.sizes(), q.options());  // contiguous, as scatter_pairs needs
-  for (auto [w, mask] : {std::pair{s, MaskSpec::causal()}, std::pair{1 - s, ssa}}) {
+  for (auto [w, mask] : {std::pair{s_host, MaskSpec::causal()}, std::pair{1 - s_host, ssa}}) {
     auto sel = select_pairs(w, pack, q.device());
     if (sel.selected == 0) continue;
     if (sel.all) return attention_forward(q, k, v, pack, mask, scale).out;
@@ -181,8 +181,11 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
   ELASTIC_CHECK(!ssa.full(), "hybrid_attention: the streaming branch needs a window");
   const bool needs_grad = torch::GradMode::is_enabled() &&
                           (q.requires_grad() || k.requires_grad() || v.requires_grad() || s.requires_grad());
-  if (!needs_grad && s.eq(0).logical_or(s.eq(1)).all().item<bool>()) {
-    return selective_forward(q, k, v, s, pack, ssa, scale);
+  if (!needs_grad) {
+    // One host copy (one stream synchronisation) serves the hardness check and both branches' pair
+    // lists; checking on the device and copying per branch synchronised three times a layer.
+    const auto s_host = s.detach().to(torch::kCPU, torch::kFloat64);
+    if (s_host.eq(0).logical_or(s_host.eq(1)).all().item<bool>()) return selective_forward(q, k, v, s_host, pack, ssa, scale);
   }
   return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale)[0];
 }
