@@ -1,5 +1,7 @@
 #include "kernels/hybrid_blend.h"
 
+#include <type_traits>
+
 #include "kernels/cuda_check.h"
 #include "kernels/elementwise_vec.cuh"
 
@@ -125,6 +127,17 @@ __global__ void ds_kernel(const T* __restrict__ fa, const T* __restrict__ sa, co
 template <typename T>
 constexpr int kVec = 16 / sizeof(T);
 
+// Calls launch(width) with width = std::integral_constant<int, V> (16-byte accesses) when `vec`,
+// else with width 1 (one element at a time).
+template <int V, typename F>
+void with_width(bool vec, F&& launch) {
+  if (vec) {
+    launch(std::integral_constant<int, V>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
+}
+
 template <typename T>
 void launch_blend(const void* fa, const void* sa, const float* w, const int64_t* sid, void* out, HybridShape sh,
                   cudaStream_t stream) {
@@ -135,11 +148,9 @@ void launch_blend(const void* fa, const void* sa, const float* w, const int64_t*
   const auto* f = static_cast<const T*>(fa);
   const auto* s = static_cast<const T*>(sa);
   auto* o = static_cast<T*>(out);
-  if (vec) {
-    blend_kernel<T, V><<<grid_for(items), kThreads, 0, stream>>>(f, s, w, sid, o, sh);
-  } else {
-    blend_kernel<T, 1><<<grid_for(items), kThreads, 0, stream>>>(f, s, w, sid, o, sh);
-  }
+  with_width<V>(vec, [&](auto width) {
+    blend_kernel<T, decltype(width)::value><<<grid_for(items), kThreads, 0, stream>>>(f, s, w, sid, o, sh);
+  });
   ELASTIC_CUDA_LAUNCH_CHECK();
 }
 
@@ -153,11 +164,9 @@ void launch_weighted(const void* dout, const float* w, const int64_t* sid, void*
   const auto* g = static_cast<const T*>(dout);
   auto* a = static_cast<T*>(dfa);
   auto* b = static_cast<T*>(dsa);
-  if (vec) {
-    weighted_dout_kernel<T, V><<<grid_for(items), kThreads, 0, stream>>>(g, w, sid, a, b, sh);
-  } else {
-    weighted_dout_kernel<T, 1><<<grid_for(items), kThreads, 0, stream>>>(g, w, sid, a, b, sh);
-  }
+  with_width<V>(vec, [&](auto width) {
+    weighted_dout_kernel<T, decltype(width)::value><<<grid_for(items), kThreads, 0, stream>>>(g, w, sid, a, b, sh);
+  });
   ELASTIC_CUDA_LAUNCH_CHECK();
 }
 
@@ -173,11 +182,9 @@ void launch_ds(const void* fa, const void* sa, const void* dout, const int64_t* 
   const auto* f = static_cast<const T*>(fa);
   const auto* s = static_cast<const T*>(sa);
   const auto* g = static_cast<const T*>(dout);
-  if (vec) {
-    ds_kernel<T, V><<<blocks, kThreads, 0, stream>>>(f, s, g, sid, ds, sh);
-  } else {
-    ds_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(f, s, g, sid, ds, sh);
-  }
+  with_width<V>(vec, [&](auto width) {
+    ds_kernel<T, decltype(width)::value><<<blocks, kThreads, 0, stream>>>(f, s, g, sid, ds, sh);
+  });
   ELASTIC_CUDA_LAUNCH_CHECK();
 }
 

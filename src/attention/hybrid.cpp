@@ -36,10 +36,11 @@ struct PairSelection {
   }
 };
 
-// w may live on the device (one synchronising copy) or already on the host.
-PairSelection select_pairs(const torch::Tensor& w, const Packing& pack, torch::Device dev) {
+// w_host: the branch weights [B, Hkv] on the host (callers copy the routing weights once a layer).
+PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, torch::Device dev) {
+  ELASTIC_CHECK(w_host.is_cpu(), "select_pairs: the branch weights must be on the host, got " << w_host.device());
   PairSelection sel;
-  auto nz = w.detach().to(torch::kCPU, torch::kFloat64).ne(0).contiguous();
+  auto nz = w_host.ne(0).contiguous();
   sel.selected = nz.sum().item<int64_t>();
   sel.all = sel.selected == nz.numel();
   if (sel.selected == 0 || sel.all) return sel;

@@ -83,20 +83,10 @@ void scatter_pairs_composed(const torch::Tensor& dst, const torch::Tensor& src, 
   dst.index_put_(indices, src, accumulate);
 }
 
-torch::Tensor gather_pairs(const torch::Tensor& x, const torch::Tensor& tok, const torch::Tensor& head) {
-  check_paired("gather_pairs", x, "x");
-  check_indices("gather_pairs", tok, head, x.device());
-  if (!util::uses_fused_kernels(x)) return gather_pairs_composed(x, tok, head);
-  auto out = torch::empty(dense_shape(x, tok.size(0)), x.options());
-  gather_pairs_out(out, x, tok, head);
-  return out;
-}
+namespace {
 
-void gather_pairs_out(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& tok,
-                      const torch::Tensor& head) {
-  check_paired("gather_pairs", x, "x");
-  check_indices("gather_pairs", tok, head, x.device());
-  check_dense("gather_pairs", out, "out", x, tok.size(0));
+// gather_pairs_out after its checks (gather_pairs makes the output itself and skips the out check).
+void gather_into(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& tok, const torch::Tensor& head) {
 #ifdef ELASTIC_WITH_CUDA
   if (util::uses_fused_kernels(x)) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -107,6 +97,25 @@ void gather_pairs_out(const torch::Tensor& out, const torch::Tensor& x, const to
 #endif
   const torch::NoGradGuard no_grad;
   out.copy_(gather_pairs_composed(x, tok, head));
+}
+
+}  // namespace
+
+torch::Tensor gather_pairs(const torch::Tensor& x, const torch::Tensor& tok, const torch::Tensor& head) {
+  check_paired("gather_pairs", x, "x");
+  check_indices("gather_pairs", tok, head, x.device());
+  if (!util::uses_fused_kernels(x)) return gather_pairs_composed(x, tok, head);
+  auto out = torch::empty(dense_shape(x, tok.size(0)), x.options());
+  gather_into(out, x, tok, head);
+  return out;
+}
+
+void gather_pairs_out(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& tok,
+                      const torch::Tensor& head) {
+  check_paired("gather_pairs", x, "x");
+  check_indices("gather_pairs", tok, head, x.device());
+  check_dense("gather_pairs", out, "out", x, tok.size(0));
+  gather_into(out, x, tok, head);
 }
 
 void scatter_pairs(const torch::Tensor& dst, const torch::Tensor& src, const torch::Tensor& tok,

@@ -102,12 +102,16 @@ class SwigluFn : public torch::autograd::Function<SwigluFn> {
   }
 };
 
+// The weight the norm kernels take: contiguous [n] with n the last dimension of x, x's dtype and device.
+bool norm_weight_fits(const torch::Tensor& w, const torch::Tensor& x) {
+  return w.defined() && x.dim() >= 1 && w.dim() == 1 && w.size(0) == x.size(-1) &&
+         w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.is_contiguous();
+}
+
 // Where rms_norm and add_rms_norm take the kernel: it has no weight gradient, so a trainable
 // weight (backbone training) stays on ATen, as do weights of another dtype or device.
 bool fused_norm(const torch::Tensor& x, const torch::Tensor& w) {
-  return fused(x) && x.dim() >= 1 && w.defined() && !w.requires_grad() && w.dim() == 1 &&
-         w.size(0) == x.size(-1) && w.scalar_type() == x.scalar_type() && w.device() == x.device() &&
-         w.is_contiguous();
+  return fused(x) && norm_weight_fits(w, x) && !w.requires_grad();
 }
 
 // The path of an RMSNorm before the kernel existed.
@@ -119,8 +123,7 @@ torch::Tensor rms_norm_aten(const torch::Tensor& x, const torch::Tensor& w, doub
 [[maybe_unused]] int64_t norm_rows(const torch::Tensor& x) { return x.size(-1) == 0 ? 0 : x.numel() / x.size(-1); }
 
 void check_norm_weight(const char* fn, const torch::Tensor& w, const torch::Tensor& x) {
-  ELASTIC_CHECK(w.defined() && x.dim() >= 1 && w.dim() == 1 && w.size(0) == x.size(-1) &&
-                    w.scalar_type() == x.scalar_type() && w.device() == x.device() && w.is_contiguous(),
+  ELASTIC_CHECK(norm_weight_fits(w, x),
                 fn << ": weight must be a contiguous " << x.scalar_type() << " tensor [n] with n the last dimension of "
                    << util::describe(x) << ", got " << util::describe(w));
 }
