@@ -81,9 +81,11 @@ for s in "$@"; do
       stage attn-backends
       python3 bench/attention_backends.py --out "$OUT/attention_backends.json" 2>&1 | tail -8 || status=1 ;;
     profile)
-      # Device time by kernel category of one Qwen3-8B step, this trainer and the PyTorch port.
+      # Device time by kernel category of one Qwen3-8B step, this trainer and (unless NO_REFERENCE=1)
+      # the PyTorch port.
       stage profile
       M=$(model_dir qwen3-8b)
+      rm -f /tmp/trace_elastic_*.json  # a warm machine keeps the last call's traces
       $BUILD/elastic bench-train --model $M --tokens ${PROFILE_TOKENS:-16384,65536} --mix 1,1,1 --steps 2 --no-breakdown \
         --profile --trace /tmp/trace_elastic ${BENCH_FLAGS:-} --out "$OUT/profile_elastic_qwen3-8b.json" 2>&1 | grep -E "info|warn|error" | tail -4 || status=1
       # Where the GPU idled: the host operators open at each gap (tools/trace_gaps.py).

@@ -53,6 +53,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
+  ELASTIC_CHECK(!a.has("trace") || a.flag("profile"), "bench-train: --trace writes the profiled step's trace; add --profile");
   auto device = model::parse_device(a.get("device", "auto"), "--device");
   auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   auto m = model::load_model(a.require("model"), dtype, device);
