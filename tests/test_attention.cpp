@@ -181,12 +181,13 @@ void check_routing_aware_backward() {
 
 TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
   // The gathered (sample, head) pairs, then every head with dO masked.
+  const int64_t saved = gather_min_len();
   for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
     SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
     set_gather_min_len(gather_min_len);
     check_routing_aware_backward();
   }
-  set_gather_min_len(32768);
+  set_gather_min_len(saved);
 }
 
 TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
@@ -212,16 +213,23 @@ TEST(Hybrid, InferenceRunsOnlyTheSelectedBranchAndMatches) {
   auto q = torch::randn({T, 6, 8}, torch::kFloat64), k = torch::randn({T, 3, 8}, torch::kFloat64),
        v = torch::randn({T, 3, 8}, torch::kFloat64);
   const MaskSpec ssa = MaskSpec::streaming(3, 10);
-  for (const auto& s : {torch::tensor({{1., 0., 1.}, {0., 0., 0.}, {1., 1., 0.}}, torch::kFloat64),
-                        torch::ones({3, 3}, torch::kFloat64), torch::zeros({3, 3}, torch::kFloat64)}) {
-    torch::Tensor fast;
-    {
-      torch::NoGradGuard ng;
-      fast = hybrid_attention(q, k, v, s, pack, ssa, 0.3);
+  const int64_t saved = gather_min_len();
+  // Selected branches only (long packs), then both branches blended on the device (short packs).
+  for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
+    SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
+    set_gather_min_len(gather_min_len);
+    for (const auto& s : {torch::tensor({{1., 0., 1.}, {0., 0., 0.}, {1., 1., 0.}}, torch::kFloat64),
+                          torch::ones({3, 3}, torch::kFloat64), torch::zeros({3, 3}, torch::kFloat64)}) {
+      torch::Tensor fast;
+      {
+        torch::NoGradGuard ng;
+        fast = hybrid_attention(q, k, v, s, pack, ssa, 0.3);
+      }
+      auto fa = reference_attention(q, k, v, pack, MaskSpec::causal(), 0.3);
+      auto sa = reference_attention(q, k, v, pack, ssa, 0.3);
+      auto wt = s.index_select(0, pack.sample_id).repeat_interleave(2, 1).unsqueeze(-1);
+      EXPECT_LT(rel_err(fast, wt * fa + (1 - wt) * sa), 1e-12);
     }
-    auto fa = reference_attention(q, k, v, pack, MaskSpec::causal(), 0.3);
-    auto sa = reference_attention(q, k, v, pack, ssa, 0.3);
-    auto wt = s.index_select(0, pack.sample_id).repeat_interleave(2, 1).unsqueeze(-1);
-    EXPECT_LT(rel_err(fast, wt * fa + (1 - wt) * sa), 1e-12);
   }
+  set_gather_min_len(saved);
 }

@@ -101,6 +101,7 @@ TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
   auto ref = run(true);
   set_force_blocked(false);
   // The gathered (sample, head) pairs, then every head with dO masked.
+  const int64_t saved = gather_min_len();
   for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
     SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
     set_gather_min_len(gather_min_len);
@@ -108,7 +109,7 @@ TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
     const char* names[] = {"out", "dq", "dk", "dv", "ds"};
     for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 2e-2) << names[i];
   }
-  set_gather_min_len(32768);
+  set_gather_min_len(saved);
 }
 
 INSTANTIATE_TEST_SUITE_P(FullAttentionBackend, AttentionGpu, ::testing::Values("flash", "cudnn"),

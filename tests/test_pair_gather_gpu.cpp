@@ -154,8 +154,8 @@ TEST_F(PairGatherGpu, HybridAttentionThroughTheKernels) {
     (out.to(torch::kFloat32) * w).sum().backward();
     return std::vector<torch::Tensor>{out.detach(), qg.grad(), kg.grad(), vg.grad(), sg.grad()};
   };
+  const int64_t saved = gather_min_len();
   auto gathered = run(0), every = run(int64_t{1} << 40);
-  set_gather_min_len(8192);
   const char* names[] = {"out", "dq", "dk", "dv", "ds"};
   for (int i = 0; i < 5; ++i) {
     EXPECT_FALSE(gathered[i].isnan().any().item<bool>()) << names[i];
@@ -164,11 +164,15 @@ TEST_F(PairGatherGpu, HybridAttentionThroughTheKernels) {
 
   const torch::NoGradGuard no_grad;
   auto hard = torch::tensor({{1., 0., 0., 1.}, {0., 0., 0., 0.}, {1., 1., 0., 1.}}, f32);
-  auto fast = hybrid_attention(q, k, v, hard, pack, ssa, 0.088);
   auto fa = attention_forward(q, k, v, pack, MaskSpec::causal(), 0.088).out;
   auto sa = attention_forward(q, k, v, pack, ssa, 0.088).out;
-  EXPECT_FALSE(fast.isnan().any().item<bool>());
-  EXPECT_LT(rel_err(fast, hybrid_blend_composed(fa, sa, hard, pack)), 2e-2) << "selective forward";
+  for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {  // selected branches, then both blended
+    set_gather_min_len(gather_min_len);
+    auto fast = hybrid_attention(q, k, v, hard, pack, ssa, 0.088);
+    EXPECT_FALSE(fast.isnan().any().item<bool>());
+    EXPECT_LT(rel_err(fast, hybrid_blend_composed(fa, sa, hard, pack)), 2e-2) << "forward, gather_min_len " << gather_min_len;
+  }
+  set_gather_min_len(saved);
 }
 
 TEST(PairGather, CpuEqualsTheComposition) {

@@ -100,7 +100,7 @@ for s in "$@"; do
     bench-prefill)
       stage bench-prefill
       M=$(model_dir qwen3-8b)
-      $BUILD/elastic bench-prefill --model $M --tokens ${PREFILL_TOKENS:-32768,65536,131072} --omega 0.7 --repeat 2 \
+      $BUILD/elastic bench-prefill --model $M --tokens ${PREFILL_TOKENS:-32768,65536,131072} --omega 0.7 --repeat 2 ${PREFILL_FLAGS:-} \
         --out "$OUT/bench_prefill_qwen3-8b.json" 2>&1 | grep -E "info|error" | tail -5 || status=1 ;;
     crash)
       stage crash

@@ -3,7 +3,8 @@
 # builds build-gpu/ (unless it is there), then runs tools/elasticity.sh stage by stage. Backbone
 # variants train side by side (a few-million-parameter model leaves the GPU mostly idle) for
 # BB_BUDGET seconds each; the one with the best full-attention accuracy goes on to the router,
-# baseline and report stages. Variants: V="a b c" (see below); RT_EXTRA: more router --set.
+# baseline and report stages. Variants: V="a b c" (see below); RT_EXTRA: more router --set;
+# RV="base long ...": router variants side by side on that backbone (RTX below).
 # Usage (repo root): OUT=/some/dir bash docs/elasticity/device_run.sh
 # Work goes to a fresh R (default mktemp -d /tmp/ea.XXXX): tools/elasticity.sh reuses finished stages,
 # and a warm machine still holds the previous call's (on 2026-11-25 a call silently re-reported them).
@@ -65,6 +66,25 @@ if [ -n "${BB_ONLY:-}" ]; then
   (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el "backbones only: done"; exit 0
 fi
 fi
-RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
-tail -20 $OUT/pipeline.log
-(cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el done
+# Router variants side by side on the best backbone (RV="base long ..."; default: one run, no suffix).
+# Each gets its own directory, $R/<best>.<variant>, sharing the backbone and data by symbolic links.
+declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set train.steps=6000 --set optim.lr=1e-3"
+  [long_tau05]="--set train.steps=6000 --set tau.max=1.0 --set tau.min=0.5"
+  [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64")
+if [ -z "${RV:-}" ]; then
+  RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
+  tail -20 $OUT/pipeline.log
+  DIRS=$V
+else
+  DIRS=$V
+  for rv in $RV; do
+    [ -n "${RTX[$rv]+x}" ] || { el "unknown router variant $rv"; exit 2; }
+    d=$R/$best.$rv; mkdir -p $d; DIRS="$DIRS $best.$rv"
+    for f in $R/$best/*; do case $(basename $f) in router|eval|plots|results.*|mask*|commands.txt|pipeline.log) ;; *) ln -sfn $f $d/ ;; esac; done
+    RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-} ${RTX[$rv]}" \
+      tools/elasticity.sh --out $d --stages router,baselines,report > $OUT/pipeline-$rv.log 2>&1 &
+  done
+  wait; el "router variants done"
+  for rv in $RV; do el "router variant $rv: ${RTX[$rv]}"; grep -A8 "^| task" $R/$best.$rv/results.md | tee -a "$OUT/driver.log"; done
+fi
+(cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $DIRS); el done

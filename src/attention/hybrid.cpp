@@ -7,6 +7,7 @@
 #include "attention/pair_gather.h"
 #include "util/device_copy.h"
 #include "util/error.h"
+#include "util/host_copy.h"
 
 namespace elastic::attention {
 
@@ -124,12 +125,15 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor v, torch::Tensor s,
-                                                const Packing* pack, int64_t sink, int64_t window, double scale) {
+                                                const Packing* pack, int64_t sink, int64_t window, double scale,
+                                                c10::intrusive_ptr<util::HostCopy> s_host) {
     MaskSpec full = MaskSpec::causal(), ssa{sink, window};
     auto fa = attention_forward(q, k, v, *pack, full, scale);
     auto sa = attention_forward(q, k, v, *pack, ssa, scale);
     auto out = hybrid_blend(fa.out, sa.out, s, *pack);
     ctx->save_for_backward({q, k, v, s, fa.out, fa.lse, sa.out, sa.lse});
+    // The backward picks its branches on the host, from the copy started behind the router.
+    ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
     ctx->saved_data["cu"] = pack->cu;
     ctx->saved_data["sink"] = sink;
     ctx->saved_data["window"] = window;
@@ -155,8 +159,10 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       dq = torch::zeros_like(q);
       dk = torch::zeros_like(k);
       dv = torch::zeros_like(v);
-      // One host copy of the weights says which branches have work and whether routing is hard.
-      const auto s_host = s.detach().to(torch::kCPU, torch::kFloat64);
+      // The host copy of the weights says which branches have work and whether routing is hard.
+      const auto s_host = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())
+                              ->wait()
+                              .to(torch::kFloat64);
       const bool hard = s_host.eq(0).logical_or(s_host.eq(1)).all().item<bool>();
       const bool fa_used = s_host.ne(0).any().item<bool>(), sa_used = s_host.ne(1).any().item<bool>();
       // Both branches' weighted dO in one pass where any is needed.
@@ -165,16 +171,18 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       if (fa_used) branch_backward(dout_fa, q, k, v, fa, s_host, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
       if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s_host, pack, ssa, scale, hard, dq, dk, dv);
     }
-    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 void set_gather_min_len(int64_t tokens) { g_gather_min_len = tokens; }
+int64_t gather_min_len() { return g_gather_min_len; }
 
 torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale) {
+                               const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale,
+                               c10::intrusive_ptr<util::HostCopy> s_host) {
   ELASTIC_CHECK(s.dim() == 2 && s.size(0) == pack.num_samples() && s.size(1) == k.size(1),
                 "hybrid_attention: routing weights must be [samples=" << pack.num_samples()
                                                                       << ", kv_heads=" << k.size(1) << "], got "
@@ -182,13 +190,20 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
   ELASTIC_CHECK(!ssa.full(), "hybrid_attention: the streaming branch needs a window");
   const bool needs_grad = torch::GradMode::is_enabled() &&
                           (q.requires_grad() || k.requires_grad() || v.requires_grad() || s.requires_grad());
-  if (!needs_grad) {
-    // One host copy (one stream synchronisation) serves the hardness check and both branches' pair
-    // lists; checking on the device and copying per branch synchronised three times a layer.
-    const auto s_host = s.detach().to(torch::kCPU, torch::kFloat64);
-    if (s_host.eq(0).logical_or(s_host.eq(1)).all().item<bool>()) return selective_forward(q, k, v, s_host, pack, ssa, scale);
+  if (!needs_grad && every_head(pack)) {
+    // Short samples: both branches over every head, blended on the device. Running only the selected
+    // branches needs the weights on the host, a stream synchronisation per layer, after which the GPU
+    // idles while the host builds the pair lists (most of a 16K Qwen3-8B step's idle time).
+    return hybrid_blend(attention_forward(q, k, v, pack, MaskSpec::causal(), scale).out,
+                        attention_forward(q, k, v, pack, ssa, scale).out, s, pack);
   }
-  return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale)[0];
+  if (!s_host) s_host = c10::make_intrusive<util::HostCopy>(s);
+  if (!needs_grad) {
+    // One host copy serves the hardness check and both branches' pair lists.
+    const auto w = s_host->wait().to(torch::kFloat64);
+    if (w.eq(0).logical_or(w.eq(1)).all().item<bool>()) return selective_forward(q, k, v, w, pack, ssa, scale);
+  }
+  return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
 }
 
 torch::Tensor hybrid_attention_autograd_both(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

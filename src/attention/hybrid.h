@@ -6,21 +6,28 @@
 // dL/ds = <FA - SSA, dO>), the backward runs the attention backward only for the
 // (sample, head) pairs whose branch weight is non-zero (long packs; short ones mask dO
 // instead, see set_gather_min_len). With hard routing every pair is in exactly one branch,
-// so this is exact and costs one attention backward, not two.
+// so this is exact and costs one attention backward, not two. Without grad, long packs with
+// hard routing run only the selected branch of each pair.
 #pragma once
 #include <torch/torch.h>
 
 #include "attention/attention.h"
+#include "util/host_copy.h"
 
 namespace elastic::attention {
 
 // q [T,Hq,d], k/v [T,Hkv,d], s [B,Hkv] (any float dtype; usually exactly 0/1 in value).
+// s_host: a copy of s to the host that the caller started early (the model starts it before the
+// query and value projections, so waiting for it leaves those queued); made here when absent.
 torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                               const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale);
+                               const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale,
+                               c10::intrusive_ptr<util::HostCopy> s_host = {});
 
-// The backward gathers the selected (sample, head) pairs only for packs whose longest sample has
-// at least this many tokens (default 8192); shorter packs run every head with dO masked.
+// The backward gathers the selected (sample, head) pairs, and a forward without grad runs only the
+// selected branch of each pair, for packs whose longest sample has at least this many tokens
+// (default 8192); shorter packs run both branches over every head (dO masked in the backward).
 void set_gather_min_len(int64_t tokens);
+int64_t gather_min_len();
 
 // Reference: the same function through plain autograd over both branches (tests, benchmarks).
 torch::Tensor hybrid_attention_autograd_both(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -213,12 +213,13 @@ int cmd_bench_train(int argc, char** argv) {
 
 int cmd_bench_prefill(int argc, char** argv) {
   Args a("bench-prefill", argc, argv, {"model", "tokens", "omega", "sink", "window", "dtype", "device", "repeat", "out"},
-         {"help"});
+         {"help", "profile"});
   if (a.flag("help")) {
     std::cout << "elastic bench-prefill --model DIR [--tokens 32768,65536,131072 --omega 0.7 --sink 128 --window 2048\n"
-                 "  --repeat 3 --out result.json]\n"
+                 "  --repeat 3 --profile --out result.json]\n"
                  "Prefill (forward, last-token logits) with full attention vs routed hybrid attention where a\n"
-                 "fraction --omega of the (layer, KV head) pairs stream; each head runs only its branch.\n";
+                 "fraction --omega of the (layer, KV head) pairs stream; each head runs only its branch.\n"
+                 "--profile: device time by kernel of layer 0's attention, full and routed.\n";
     return 0;
   }
   auto device = model::parse_device(a.get("device", "auto"), "--device");
@@ -265,6 +266,12 @@ int cmd_bench_prefill(int argc, char** argv) {
     json run = {{"tokens", T}, {"full_ms", full_ms}, {"routed_ms", routed_ms}, {"speedup", full_ms / routed_ms},
                 {"layer0_attention_full_ms", attn_full}, {"layer0_attention_routed_ms", attn_routed},
                 {"layer0_streaming_heads", (1 - mask[0]).sum().item<double>()}, {"peak_memory_gb", peak_memory_gb(device)}};
+    if (a.flag("profile")) {
+      run["layer0_full_profile"] = profile_json(util::profile_kernels(
+          [&] { attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }));
+      run["layer0_routed_profile"] =
+          profile_json(util::profile_kernels([&] { attention::hybrid_attention(q, k, v, s_layer, pack, ssa, sc); }));
+    }
     LOG_INFO("prefill T=" << T << ": full " << full_ms << " ms, routed " << routed_ms << " ms, speed-up x"
                           << full_ms / routed_ms);
     result["runs"].push_back(run);

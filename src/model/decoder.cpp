@@ -67,16 +67,22 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
 
 torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
   const int64_t T = x.size(0);
-  auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
+  // Keys and router first: the hybrid attention needs the routing weights on the host, and a copy
+  // started here completes while the query and value projections still run.
   auto k = keys_pre_rope(x);
+  torch::Tensor s;
+  c10::intrusive_ptr<util::HostCopy> s_host;
+  if (ctx.mode != RoutingMode::off) {
+    s = routing_weights(k, ctx);
+    s_host = c10::make_intrusive<util::HostCopy>(s);
+  }
+  auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
   auto v = v_proj->forward(x).view({T, n_kv_, head_dim_});
   if (q_norm) q = q_norm->forward(q);
-  torch::Tensor s;
-  if (ctx.mode != RoutingMode::off) s = routing_weights(k, ctx);
   q = apply_rope(q, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
   if (ctx.capture_qk) ctx.capture_qk->emplace_back(q.detach(), k.detach());
-  auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_)
+  auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_, std::move(s_host))
                          : attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
   return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));
 }
