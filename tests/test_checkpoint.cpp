@@ -18,7 +18,9 @@ struct Run {
   std::vector<torch::Tensor> grads;
 };
 
-void same_gradients_with_and_without_recompute(torch::Device device, bool offload) {
+// A 3-layer fp64 Qwen3 with routers (random, so decisions differ per head) and the up projections
+// trainable.
+model::CausalLM make_model(torch::Device device) {
   auto cfg = model::ModelConfig::from_json(
       {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 64}, {"hidden_size", 32}, {"intermediate_size", 48},
        {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 8}},
@@ -31,13 +33,25 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
   torch::manual_seed(0);
   m->attach_routers(ro);
   for (auto& r : m->routers()) r->to(device, torch::kFloat64);
-  // Give the last router layers non-zero weights so decisions differ per head.
+  // Non-zero router weights so decisions differ per head.
   {
     torch::NoGradGuard ng;
     for (auto& [n, p] : m->router_parameters()) p.normal_(0, 0.3);
   }
   for (auto& p : m->named_parameters())
     if (p.key().find("mlp.up_proj") != std::string::npos) p.value().set_requires_grad(true);
+  return m;
+}
+
+std::vector<torch::Tensor> trainable_grads(model::CausalLM& m) {
+  std::vector<torch::Tensor> g;
+  for (auto& p : m->parameters())
+    if (p.requires_grad()) g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+  return g;
+}
+
+void same_gradients_with_and_without_recompute(torch::Device device, bool offload) {
+  auto m = make_model(device);
   auto pack = attention::Packing::from_lengths({40, 25}, device);
   auto ids = torch::randint(64, {65});
   auto labels = torch::ones({65}, torch::kUInt8);
@@ -55,10 +69,7 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
     auto lm = train::lm_loss(m, h, ids, labels, pack, 16);
     auto loss = lm.sum / lm.tokens + train::model_sparsity(ctx.decisions).sum();
     loss.backward();
-    std::vector<torch::Tensor> g;
-    for (auto& p : m->parameters())
-      if (p.requires_grad()) g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
-    return Run{loss.item<double>(), g};
+    return Run{loss.item<double>(), trainable_grads(m)};
   };
   auto [l0, g0] = run(false);
   auto [l1, g1] = run(true);
@@ -81,4 +92,34 @@ TEST(Checkpoint, SameGradientsWithAndWithoutRecompute) { same_gradients_with_and
 TEST(Checkpoint, SameGradientsWithOffloadedLayerInputsOnTheGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
   same_gradients_with_and_without_recompute(torch::kCUDA, true);
+}
+
+// Fixed decisions (baselines, bench-train's step without router) through checkpointed layers: the
+// same decision tensors serve several passes, and gradients match the pass without recompute.
+TEST(Checkpoint, FixedDecisionsServeSeveralPasses) {
+  auto m = make_model(torch::kCPU);
+  auto pack = attention::Packing::from_lengths({40, 25}, torch::kCPU);
+  auto ids = torch::randint(64, {65});
+  auto labels = torch::ones({65}, torch::kUInt8);
+  std::vector<torch::Tensor> decisions;
+  for (int l = 0; l < 3; ++l) decisions.push_back(torch::randint(2, {2, 2}).to(torch::kFloat32));
+  auto run = [&](bool checkpoint) {
+    for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
+    model::ForwardContext ctx;
+    ctx.pack = &pack;
+    ctx.mode = model::RoutingMode::fixed;
+    ctx.fixed_decisions = [&](int64_t l) { return decisions.at(static_cast<size_t>(l)); };
+    ctx.ssa = attention::MaskSpec::streaming(2, 6);
+    ctx.checkpoint = checkpoint;
+    auto lm = train::lm_loss(m, m->forward_hidden(ids, ctx), ids, labels, pack, 16);
+    (lm.sum / lm.tokens).backward();
+    return trainable_grads(m);
+  };
+  auto g0 = run(false);
+  for (int pass = 0; pass < 2; ++pass) {
+    auto g1 = run(true);
+    ASSERT_EQ(g0.size(), g1.size());
+    for (size_t i = 0; i < g0.size(); ++i) EXPECT_LT(rel_err(g1[i], g0[i]), 1e-10) << "pass " << pass << ", parameter " << i;
+  }
+  for (const auto& d : decisions) EXPECT_FALSE(d.requires_grad());
 }

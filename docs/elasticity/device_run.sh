@@ -61,8 +61,9 @@ for v in $V; do
   if python3 -c "import sys; sys.exit(0 if $acc > $bestacc else 1)"; then best=$v; bestacc=$acc; fi
 done
 el "best backbone: $best"
+# The backbone comes back with the results: BACKBONE_TGZ=<it> V=<variant> reuses it in a later call.
+tar -C $R/$best -czf $OUT/backbone_$best.tgz backbone/model backbone/metrics.jsonl backbone_lookup/metrics.jsonl 2>/dev/null
 if [ -n "${BB_ONLY:-}" ]; then
-  tar -C $R/$best -czf $OUT/backbone_$best.tgz backbone/model backbone/metrics.jsonl backbone_lookup/metrics.jsonl 2>/dev/null
   (cd $R && tar czf $OUT/elasticity.tgz --exclude=checkpoints --exclude='*.bin' --exclude=init --exclude=model --exclude='t?' $V); el "backbones only: done"; exit 0
 fi
 fi
@@ -70,7 +71,9 @@ fi
 # Each gets its own directory, $R/<best>.<variant>, sharing the backbone and data by symbolic links.
 declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set train.steps=6000 --set optim.lr=1e-3"
   [long_tau05]="--set train.steps=6000 --set tau.max=1.0 --set tau.min=0.5"
-  [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64")
+  [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64"
+  [signed]="--set objective.form=signed" [lamlr5e-3]="--set optim.lambda_lr=5e-3"
+  [signed_lamlr5e-3]="--set objective.form=signed --set optim.lambda_lr=5e-3")
 if [ -z "${RV:-}" ]; then
   RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
   tail -20 $OUT/pipeline.log
@@ -81,8 +84,9 @@ else
     [ -n "${RTX[$rv]+x}" ] || { el "unknown router variant $rv"; exit 2; }
     d=$R/$best.$rv; mkdir -p $d; DIRS="$DIRS $best.$rv"
     for f in $R/$best/*; do case $(basename $f) in router|eval|plots|results.*|mask*|commands.txt|pipeline.log) ;; *) ln -sfn $f $d/ ;; esac; done
+    # RV_TIMEOUT: a variant still running then is dropped, so the others come back within one call.
     RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-} ${RTX[$rv]}" \
-      tools/elasticity.sh --out $d --stages router,baselines,report > $OUT/pipeline-$rv.log 2>&1 &
+      timeout ${RV_TIMEOUT:-400} tools/elasticity.sh --out $d --stages router,baselines,report > $OUT/pipeline-$rv.log 2>&1 &
   done
   wait; el "router variants done"
   for rv in $RV; do el "router variant $rv: ${RTX[$rv]}"; grep -A8 "^| task" $R/$best.$rv/results.md | tee -a "$OUT/driver.log"; done

@@ -37,7 +37,9 @@ torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, Forw
   torch::Tensor s;
   if (ctx.mode == RoutingMode::fixed) {
     ELASTIC_CHECK(ctx.fixed_decisions, "forward: routing mode 'fixed' without decisions");
-    s = ctx.fixed_decisions(layer_).to(torch::kFloat32).to(keys.device());
+    // Always a copy: the checkpoint returns s as its own output and would otherwise give the
+    // caller's tensor its autograd history (a second pass over the same decisions then deadlocked).
+    s = ctx.fixed_decisions(layer_).to(keys.device(), torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
   } else {
     ELASTIC_CHECK(mask_allocator, "forward: routing requested but no router is attached to layer " << layer_);
     // The router reads the key states after k_norm and before RoPE (ELASTIC.md §4).
