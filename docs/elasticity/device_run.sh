@@ -69,6 +69,7 @@ fi
 fi
 # Router variants side by side on the best backbone (RV="base long ..."; default: one run, no suffix).
 # Each gets its own directory, $R/<best>.<variant>, sharing the backbone and data by symbolic links.
+# The 6000-step variants take about 10 minutes four side by side: give them a call of their own.
 declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set train.steps=6000 --set optim.lr=1e-3"
   [long_tau05]="--set train.steps=6000 --set tau.max=1.0 --set tau.min=0.5"
   [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64"
