@@ -269,62 +269,56 @@ Plan plan_for(int64_t rows, int64_t chunks) {
   return p;
 }
 
-template <typename T, int V>
-void launch_forward(const ForwardArgs& a, cudaStream_t stream) {
+template <typename T, int V, int K>
+void start(const ForwardArgs& a, const Plan& p, cudaStream_t stream) {
+  rmsnorm_forward_kernel<T, V, K><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
+}
+
+template <typename T, int V, int K>
+void start(const BackwardArgs& a, const Plan& p, cudaStream_t stream) {
+  rmsnorm_backward_kernel<T, V, K><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
+}
+
+template <typename T, int V, typename Args>
+void launch(const Args& a, cudaStream_t stream) {
   const Plan p = plan_for(a.rows, a.n / V);
   if (p.k == 1) {
-    rmsnorm_forward_kernel<T, V, 1><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
+    start<T, V, 1>(a, p, stream);
   } else if (p.k == 2) {
-    rmsnorm_forward_kernel<T, V, 2><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
+    start<T, V, 2>(a, p, stream);
   } else {
-    rmsnorm_forward_kernel<T, V, 4><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
+    start<T, V, 4>(a, p, stream);
   }
   ELASTIC_CUDA_LAUNCH_CHECK();
 }
 
-template <typename T, int V>
-void launch_backward(const BackwardArgs& a, cudaStream_t stream) {
-  const Plan p = plan_for(a.rows, a.n / V);
-  if (p.k == 1) {
-    rmsnorm_backward_kernel<T, V, 1><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
-  } else if (p.k == 2) {
-    rmsnorm_backward_kernel<T, V, 2><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
-  } else {
-    rmsnorm_backward_kernel<T, V, 4><<<p.blocks, p.threads, 0, stream>>>(a, p.group);
-  }
-  ELASTIC_CUDA_LAUNCH_CHECK();
+// 16-byte chunks need every pointer aligned (null ones pass): with rows of a whole number of
+// chunks, every row starts aligned too.
+bool aligned(const ForwardArgs& a) {
+  return aligned16(a.a) && aligned16(a.b) && aligned16(a.w) && aligned16(a.h) && aligned16(a.y);
 }
 
-// 16-byte chunks need rows of a whole number of them and every pointer (null ones pass) aligned:
-// then every row starts aligned too.
-template <typename T>
-void forward(const ForwardArgs& a, cudaStream_t stream) {
+bool aligned(const BackwardArgs& a) {
+  return aligned16(a.dy) && aligned16(a.x) && aligned16(a.w) && aligned16(a.dres) && aligned16(a.dx);
+}
+
+template <typename T, typename Args>
+void run(const Args& a, cudaStream_t stream) {
   if (a.rows <= 0 || a.n <= 0) return;
   constexpr int V = 16 / sizeof(T);
-  if (a.n % V == 0 && aligned16(a.a) && aligned16(a.b) && aligned16(a.w) && aligned16(a.h) && aligned16(a.y)) {
-    launch_forward<T, V>(a, stream);
+  if (a.n % V == 0 && aligned(a)) {
+    launch<T, V>(a, stream);
   } else {
-    launch_forward<T, 1>(a, stream);
+    launch<T, 1>(a, stream);
   }
 }
 
-template <typename T>
-void backward(const BackwardArgs& a, cudaStream_t stream) {
-  if (a.rows <= 0 || a.n <= 0) return;
-  constexpr int V = 16 / sizeof(T);
-  if (a.n % V == 0 && aligned16(a.dy) && aligned16(a.x) && aligned16(a.w) && aligned16(a.dres) &&
-      aligned16(a.dx)) {
-    launch_backward<T, V>(a, stream);
-  } else {
-    launch_backward<T, 1>(a, stream);
-  }
-}
-
-void forward(const ForwardArgs& a, bool bf16, cudaStream_t stream) {
+template <typename Args>
+void run(const Args& a, bool bf16, cudaStream_t stream) {
   if (bf16) {
-    forward<__nv_bfloat16>(a, stream);
+    run<__nv_bfloat16>(a, stream);
   } else {
-    forward<float>(a, stream);
+    run<float>(a, stream);
   }
 }
 
@@ -332,22 +326,17 @@ void forward(const ForwardArgs& a, bool bf16, cudaStream_t stream) {
 
 void rmsnorm_forward(const void* x, const void* w, void* y, int64_t rows, int64_t n, float eps, bool bf16,
                      cudaStream_t stream) {
-  forward(ForwardArgs{x, nullptr, w, nullptr, y, rows, n, eps}, bf16, stream);
+  run(ForwardArgs{x, nullptr, w, nullptr, y, rows, n, eps}, bf16, stream);
 }
 
 void add_rmsnorm_forward(const void* a, const void* b, const void* w, void* h, void* y, int64_t rows, int64_t n,
                          float eps, bool bf16, cudaStream_t stream) {
-  forward(ForwardArgs{a, b, w, h, y, rows, n, eps}, bf16, stream);
+  run(ForwardArgs{a, b, w, h, y, rows, n, eps}, bf16, stream);
 }
 
 void rmsnorm_backward(const void* dy, const void* x, const void* w, const void* dres, void* dx, int64_t rows,
                       int64_t n, float eps, bool bf16, cudaStream_t stream) {
-  const BackwardArgs args{dy, x, w, dres, dx, rows, n, eps};
-  if (bf16) {
-    backward<__nv_bfloat16>(args, stream);
-  } else {
-    backward<float>(args, stream);
-  }
+  run(BackwardArgs{dy, x, w, dres, dx, rows, n, eps}, bf16, stream);
 }
 
 }  // namespace elastic::kernels

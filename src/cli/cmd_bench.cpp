@@ -98,15 +98,20 @@ int cmd_bench_train(int argc, char** argv) {
       }
       std::vector<router::PromptRange> prompts;
       for (auto n : lengths) prompts.push_back({0, n - std::max<int64_t>(1, n / 20)});
-      // A training forward pass over this pack, routed with Gumbel noise from `gen`.
-      auto train_context = [&](torch::Generator& gen) {
+      // A forward pass over this pack as the step runs it; routing set by the caller.
+      auto step_context = [&] {
         model::ForwardContext ctx;
         ctx.pack = &pack;
         ctx.prompts = prompts;
         ctx.ssa = ssa;
-        ctx.mode = model::RoutingMode::train;
         ctx.checkpoint = !a.flag("no-checkpoint");
         ctx.offload_checkpoints = a.flag("offload");
+        return ctx;
+      };
+      // A training pass, routed with Gumbel noise from `gen`.
+      auto train_context = [&](torch::Generator& gen) {
+        auto ctx = step_context();
+        ctx.mode = model::RoutingMode::train;
         ctx.gen = &gen;
         return ctx;
       };
@@ -169,16 +174,10 @@ int cmd_bench_train(int argc, char** argv) {
         // pass and the recompute, the Gumbel noise, its gradient through the attention (ds) and
         // its backward, the sparsity objective and its optimizer step. Host work that overlaps
         // the GPU costs nothing here, unlike in the per-layer timing above.
-        const auto replayed = last_decisions;
         auto replay_ms = timer.median_ms([&] {
-          model::ForwardContext ctx;
-          ctx.pack = &pack;
-          ctx.prompts = prompts;
-          ctx.ssa = ssa;
+          auto ctx = step_context();
           ctx.mode = model::RoutingMode::fixed;
-          ctx.fixed_decisions = [&](int64_t l) { return replayed.at(static_cast<size_t>(l)); };
-          ctx.checkpoint = !a.flag("no-checkpoint");
-          ctx.offload_checkpoints = a.flag("offload");
+          ctx.fixed_decisions = [&](int64_t l) { return last_decisions.at(static_cast<size_t>(l)); };
           auto h = m->forward_hidden(ids, ctx);
           auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
           (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
