@@ -50,7 +50,8 @@ std::vector<torch::Tensor> trainable_grads(model::CausalLM& m) {
   return g;
 }
 
-void same_gradients_with_and_without_recompute(torch::Device device, bool offload) {
+// keep_layers: the checkpointed run keeps the last N layers' activations instead of recomputing them.
+void same_gradients_with_and_without_recompute(torch::Device device, bool offload, int64_t keep_layers = 0) {
   auto m = make_model(device);
   auto pack = attention::Packing::from_lengths({40, 25}, device);
   auto ids = torch::randint(64, {65});
@@ -63,6 +64,7 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
     ctx.ssa = attention::MaskSpec::streaming(2, 6);
     ctx.checkpoint = checkpoint;
     ctx.offload_checkpoints = offload;
+    ctx.keep_layers = checkpoint ? keep_layers : 0;
     auto gen = router::routing_generator(3, 0, 0);
     ctx.gen = &gen;
     auto h = m->forward_hidden(ids, ctx);
@@ -87,6 +89,49 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
 }  // namespace
 
 TEST(Checkpoint, SameGradientsWithAndWithoutRecompute) { same_gradients_with_and_without_recompute(torch::kCPU, false); }
+
+// train.keep_layers: the kept layers join the recomputed ones in one backward (1 of 3), or replace
+// them all (3 of 3).
+TEST(Checkpoint, SameGradientsWithLastLayersKept) {
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 1);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 3);
+}
+
+// The kept layers' routing weights come straight from their routers; the others from the
+// checkpoint node that recomputes the layer in the backward.
+TEST(Checkpoint, KeptLayersSkipTheCheckpoint) {
+  auto m = make_model(torch::kCPU);
+  auto pack = attention::Packing::from_lengths({8}, torch::kCPU);
+  model::ForwardContext ctx;
+  ctx.pack = &pack;
+  ctx.mode = model::RoutingMode::train;
+  auto gen = router::routing_generator(3, 0, 0);
+  ctx.gen = &gen;
+  ctx.checkpoint = true;
+  ctx.keep_layers = 1;
+  m->forward_hidden(torch::randint(64, {8}), ctx);
+  ASSERT_EQ(ctx.decisions.size(), 3u);
+  for (size_t l = 0; l < 3; ++l) {
+    ASSERT_TRUE(ctx.decisions[l].grad_fn()) << "layer " << l;
+    const bool checkpointed = ctx.decisions[l].grad_fn()->name().find("CheckpointFn") != std::string::npos;
+    EXPECT_EQ(checkpointed, l < 2) << "layer " << l << ": " << ctx.decisions[l].grad_fn()->name();
+  }
+}
+
+TEST(Checkpoint, KeepLayersBeyondTheModelIsRejected) {
+  auto m = make_model(torch::kCPU);
+  auto pack = attention::Packing::from_lengths({8}, torch::kCPU);
+  model::ForwardContext ctx;
+  ctx.pack = &pack;
+  ctx.checkpoint = true;
+  ctx.keep_layers = 4;
+  try {
+    m->forward_hidden(torch::randint(64, {8}), ctx);
+    FAIL() << "keep_layers 4 of 3 layers was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("keep_layers must be in [0, 3], got 4"), std::string::npos) << e.what();
+  }
+}
 
 // Layer inputs kept in pinned host memory between the forward and the recompute.
 TEST(Checkpoint, SameGradientsWithOffloadedLayerInputsOnTheGpu) {

@@ -275,7 +275,7 @@ def ce_chunk(h, y, norm_w, lm_w, eps):
     return F.cross_entropy(logits, y, reduction="sum")
 
 
-def train_step(model, opt, pack, step_no, seed, layer_fns, chunk=4096):
+def train_step(model, opt, pack, step_no, seed, layer_fns, chunk=4096, keep_layers=0):
     c = model.layers[0].c
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step_no)  # seeded per step, as the C++ (seed, rank, step)
     u = torch.rand(c["layers"], len(pack.lengths), c["kv_heads"], 2, generator=gen)
@@ -283,7 +283,10 @@ def train_step(model, opt, pack, step_no, seed, layer_fns, chunk=4096):
     x = model.embed_tokens(pack.ids)
     decisions = []
     for i, fn in enumerate(layer_fns):  # routing decided inside the checkpointed layer, so recompute repeats it
-        x, s = checkpoint(fn, x, noise[i], pack, use_reentrant=False)
+        if i >= len(layer_fns) - keep_layers:  # the last layers keep their activations, as elastic's train.keep_layers
+            x, s = fn(x, noise[i], pack)
+        else:
+            x, s = checkpoint(fn, x, noise[i], pack, use_reentrant=False)
         decisions.append(s)
     rows = x.index_select(0, pack.targets - 1)  # logits only where a label is predicted
     y = pack.ids.index_select(0, pack.targets)
@@ -319,20 +322,20 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     for i in range(args.warmup):
-        train_step(model, opt, pack, i, args.seed, layer_fns)
+        train_step(model, opt, pack, i, args.seed, layer_fns, keep_layers=args.keep_layers)
     times, omegas = [], []
     for i in range(args.steps):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
             start.record()
-            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns))
+            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns, keep_layers=args.keep_layers))
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns))
+            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns, keep_layers=args.keep_layers))
             times.append((time.perf_counter() - t0) * 1e3)
     step_ms = statistics.median(times)
     profile = profile_step(model, opt, pack, args.warmup + args.steps, args.seed, layer_fns) if args.profile and cuda else None
@@ -477,6 +480,7 @@ def main():
     ap.add_argument("--fa-backend", choices=["auto", "cudnn", "flash", "efficient"], default="auto")
     ap.add_argument("--ssa", choices=["auto", "flex", "masked"], default="auto", help="auto: flex on CUDA, masked on CPU")
     ap.add_argument("--compile", choices=["elementwise", "layer", "off"], default="elementwise")
+    ap.add_argument("--keep-layers", type=int, default=0, help="the last N layers skip checkpointing (keep activations)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=800.0)
@@ -522,7 +526,7 @@ def main():
     layer_fns = set_compile(compile_mode, model)
     # sdpa_kernel sets global flags; it must cover the backward too, where checkpointing re-runs the forward.
     fa_ctx = (lambda: sdpa_kernel([FA_BACKENDS[fa_name]])) if cuda else contextlib.nullcontext
-    config = {**c, "dtype": args.dtype, "sink": args.sink, "window": args.window, "checkpoint": True,
+    config = {**c, "dtype": args.dtype, "sink": args.sink, "window": args.window, "checkpoint": True, "keep_layers": args.keep_layers,
               "pool_tokens": POOL_TOKENS, "tau": TAU, "target": TARGET, "ssa_impl": ssa_impl,
               "params_backbone": sum(p.numel() for n, p in model.named_parameters() if ".router." not in n),
               "params_router": sum(p.numel() for p in model.router_params()),

@@ -70,6 +70,27 @@ for s in "$@"; do
             --out "$OUT/bench_longest_$shape${f/--/_}.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -4 || status=1
         done
       done ;;
+    bench-keep)
+      # Layers kept without recompute (train.keep_layers): step time and peak memory, pack by pack.
+      # KEEP_SWEEP: "TOKENS:k1,k2 ..." for this trainer; KEEP_REF: the same for the PyTorch port.
+      stage bench-keep
+      M=$(model_dir ${KEEP_MODEL:-qwen3-8b})
+      rm -rf /tmp/keep && mkdir -p /tmp/keep
+      for spec in ${KEEP_SWEEP:-16384:0,10,16,22,28 32768:0,5,10 65536:0,3}; do
+        T=${spec%%:*}; ks=${spec#*:}
+        for k in ${ks//,/ }; do
+          $BUILD/elastic bench-train --model $M --tokens $T --mix ${BENCH_MIX:-1,1,1} --steps 3 --no-breakdown --keep-layers $k \
+            ${BENCH_FLAGS:-} --out /tmp/keep/elastic_${T}_$k.json 2>&1 | grep -E "T=|error" | tail -2 || status=1
+        done
+      done
+      for spec in ${KEEP_REF:-}; do
+        T=${spec%%:*}; ks=${spec#*:}
+        for k in ${ks//,/ }; do
+          timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset ${KEEP_MODEL:-qwen3-8b} --tokens $T --keep-layers $k \
+            --warmup 1 --steps ${REF_STEPS:-2} --out /tmp/keep/reference_${T}_$k.json 2>&1 | tail -2 || status=1
+        done
+      done
+      tar -czf "$OUT/bench_keep.tgz" -C /tmp keep ;;
     bench-reference)
       # The PyTorch port of the same step (tools/bench_reference.py), side by side.
       stage bench-reference

@@ -37,7 +37,8 @@ json profile_json(const util::KernelProfile& p) {
 
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
-         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace"},
+         {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace",
+          "keep-layers"},
          {"help", "no-checkpoint", "offload", "no-breakdown", "profile"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
@@ -50,6 +51,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "  (tools/trace_gaps.py says what the host did while the GPU idled).\n"
                  "--gather-min-len N: routing-aware backward gathers selected heads from this longest-sample length.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
+                 "--keep-layers N: the last N layers keep their activations, no recompute (train.keep_layers).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
@@ -83,6 +85,10 @@ int cmd_bench_train(int argc, char** argv) {
   const auto mix = a.get_int_list("mix", "1,1,2");
   const int64_t nsamples = static_cast<int64_t>(mix.size());
   result["offload_checkpoints"] = a.flag("offload");
+  const int64_t keep_layers = a.get_int("keep-layers", 0);
+  ELASTIC_CHECK(keep_layers >= 0 && keep_layers <= mc.num_layers,
+                "bench-train: --keep-layers must be in [0, " << mc.num_layers << "], got " << keep_layers);
+  result["keep_layers"] = keep_layers;
   result["fa_backend"] = attention::full_attention_backend();
   for (int64_t T : sizes) {
     const auto lengths = mixed_lengths(T, mix);
@@ -106,6 +112,7 @@ int cmd_bench_train(int argc, char** argv) {
         ctx.ssa = ssa;
         ctx.checkpoint = !a.flag("no-checkpoint");
         ctx.offload_checkpoints = a.flag("offload");
+        ctx.keep_layers = keep_layers;
         return ctx;
       };
       // A training pass, routed with Gumbel noise from `gen`.

@@ -247,7 +247,13 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   ctx.pool_plan.reset();  // a new pass may carry another pack
   ctx.router_logits.clear();
   auto h = model->embed_tokens->forward(ids.to(opts_.device()));
-  for (auto& layer : model->layers) h = layer->forward(h, ctx);
+  const auto num_layers = static_cast<int64_t>(model->layers.size());
+  ELASTIC_CHECK(ctx.keep_layers >= 0 && ctx.keep_layers <= num_layers,
+                "forward: keep_layers must be in [0, " << num_layers << "], got " << ctx.keep_layers);
+  for (int64_t i = 0; i < num_layers; ++i) {
+    auto& layer = model->layers[static_cast<size_t>(i)];
+    h = i >= num_layers - ctx.keep_layers ? layer->forward_plain(h, ctx) : layer->forward(h, ctx);
+  }
   return model->norm->forward(h);
 }
 

@@ -35,6 +35,10 @@ struct ForwardContext {
   // With checkpointing on a GPU: keep each layer's saved input in pinned host memory instead of
   // GPU memory (the largest activation term at long packs: layers x tokens x hidden).
   bool offload_checkpoints = false;
+  // With checkpointing: the last N decoder layers keep their activations and skip the recompute.
+  // Their forward runs once, with grad, and costs activation memory that grows with the pack;
+  // the last layers are the ones kept because the backward frees them first.
+  int64_t keep_layers = 0;
 
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;

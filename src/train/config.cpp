@@ -121,6 +121,7 @@ const std::vector<Field>& fields() {
       field("train.logits_chunk", &C::train_logits_chunk, "an integer", at_least(1)),
       field("train.checkpoint", &C::train_checkpoint, "true or false"),
       field("train.offload_checkpoints", &C::train_offload_checkpoints, "true or false"),
+      field("train.keep_layers", &C::train_keep_layers, "an integer", at_least(0)),
       field("train.max_nonfinite_steps", &C::train_max_nonfinite_steps, "an integer", at_least(1)),
       field("train.resume", &C::train_resume, "'auto' or a checkpoint directory"),
       field("checkpoint.every", &C::checkpoint_every, "an integer", at_least(0)),

@@ -215,6 +215,7 @@ json Trainer::step() {
     }
     ctx.checkpoint = cfg_.train_checkpoint;
     ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
+    ctx.keep_layers = std::min<int64_t>(cfg_.train_keep_layers, model_->config().num_layers);
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);
