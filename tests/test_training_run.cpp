@@ -103,6 +103,42 @@ TEST(TrainingRun, ResumeIsBitwiseExact) {
   for (const auto& t : fa->tensors()) EXPECT_TRUE(torch::equal(fa->get(t.name), fb->get(t.name))) << t.name;
 }
 
+// train.keep_layers: layers that keep their activations train as the recomputed ones do (the
+// same losses and routers), the metrics say how many were kept, and more than the model has is
+// refused by name. auto keeps none on the CPU.
+TEST(TrainingRun, KeptLayersTrainLikeRecomputedOnes) {
+  TempDir d;
+  auto cfg = tiny_setup(d, 3);
+  auto run = [&](const std::string& keep, const std::string& out) {
+    auto c = cfg;
+    c.train_keep_layers = keep;
+    c.output_dir = d.str(out);
+    train::Trainer(c).run();
+    return read_metrics(d.str(out + "/metrics.jsonl"));
+  };
+  auto m0 = run("0", "run0"), m2 = run("2", "run2"), ma = run("auto", "runa");
+  ASSERT_EQ(m0.size(), 3u);
+  ASSERT_EQ(m2.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(m0[i]["keep_layers"], 0);
+    EXPECT_EQ(m2[i]["keep_layers"], 2);
+    EXPECT_EQ(ma[i]["keep_layers"], 0);
+    EXPECT_NEAR(m2[i]["loss"].get<double>(), m0[i]["loss"].get<double>(), 1e-6 * std::abs(m0[i]["loss"].get<double>()))
+        << "step " << i + 1;
+  }
+  auto f0 = io::SafetensorsFile::open(d.str("run0/router.safetensors"));
+  auto f2 = io::SafetensorsFile::open(d.str("run2/router.safetensors"));
+  for (const auto& t : f0->tensors()) EXPECT_TRUE(torch::allclose(f0->get(t.name), f2->get(t.name), 1e-5, 1e-6)) << t.name;
+  auto bad = cfg;
+  bad.train_keep_layers = "3";
+  try {
+    train::Trainer t(bad);
+    FAIL() << "keep_layers 3 of 2 layers was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("train.keep_layers: must be auto or in [0, 2]"), std::string::npos) << e.what();
+  }
+}
+
 TEST(TrainingRun, ResumeRefusesAnotherBaseModel) {
   TempDir a;
   auto cfg = tiny_setup(a, 2);

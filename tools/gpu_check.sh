@@ -91,6 +91,18 @@ for s in "$@"; do
         done
       done
       tar -czf "$OUT/bench_keep.tgz" -C /tmp keep ;;
+    train-keep)
+      # The trainer's train.keep_layers: auto on the GPU: the measured step, then what each step kept.
+      stage train-keep
+      D=/tmp/train-keep; rm -rf $D; mkdir -p $D
+      $BUILD/elastic make-tiny-model --arch qwen3 --out $D/model --vocab 512 --hidden 256 --layers 8 --heads 8 --kv-heads 4 \
+        --head-dim 32 --mlp 512 --seed 0 >/dev/null 2>&1 || status=1
+      $BUILD/elastic make-synthetic-data --out $D/data.bin --vocab 512 --samples 200 --min-len 512 --max-len 2048 \
+        --pack-tokens 8192 --seed 0 >/dev/null 2>&1 || status=1
+      $BUILD/elastic train configs/tiny-cpu.yaml --set model.path=$D/model --set data.path=$D/data.bin --set output.dir=$D/run \
+        --set model.device=cuda --set train.steps=4 --set train.keep_layers=auto 2>&1 | grep -E "keep_layers|error" || status=1
+      python3 -c "import json; print('keep_layers per step:', [json.loads(l)['keep_layers'] for l in open('$D/run/metrics.jsonl')])" || status=1
+      cp $D/run/metrics.jsonl "$OUT/train_keep_metrics.jsonl" ;;
     bench-reference)
       # The PyTorch port of the same step (tools/bench_reference.py), side by side.
       stage bench-reference

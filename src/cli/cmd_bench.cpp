@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
+#include "train/keep_layers.h"
 #include "train/objective.h"
 #include "util/error.h"
 #include "util/kernel_profile.h"
@@ -51,7 +52,8 @@ int cmd_bench_train(int argc, char** argv) {
                  "  (tools/trace_gaps.py says what the host did while the GPU idled).\n"
                  "--gather-min-len N: routing-aware backward gathers selected heads from this longest-sample length.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
-                 "--keep-layers N: the last N layers keep their activations, no recompute (train.keep_layers).\n"
+                 "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
+                 "  auto: as many as fit, measured per pack size on a step with one layer kept).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
@@ -85,10 +87,11 @@ int cmd_bench_train(int argc, char** argv) {
   const auto mix = a.get_int_list("mix", "1,1,2");
   const int64_t nsamples = static_cast<int64_t>(mix.size());
   result["offload_checkpoints"] = a.flag("offload");
-  const int64_t keep_layers = a.get_int("keep-layers", 0);
+  const bool keep_auto = a.get("keep-layers", "0") == "auto";
+  int64_t keep_layers = keep_auto ? 0 : a.get_int("keep-layers", 0);
   ELASTIC_CHECK(keep_layers >= 0 && keep_layers <= mc.num_layers,
-                "bench-train: --keep-layers must be in [0, " << mc.num_layers << "], got " << keep_layers);
-  result["keep_layers"] = keep_layers;
+                "bench-train: --keep-layers must be auto or in [0, " << mc.num_layers << "], got " << keep_layers);
+  result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
   result["fa_backend"] = attention::full_attention_backend();
   for (int64_t T : sizes) {
     const auto lengths = mixed_lengths(T, mix);
@@ -123,12 +126,13 @@ int cmd_bench_train(int argc, char** argv) {
         return ctx;
       };
       double omega = 0;
-      int64_t step_no = 0;
+      int64_t step_no = 0, kept_bytes = 0;
       std::vector<torch::Tensor> last_decisions;
       auto train_step = [&] {
         auto gen = router::routing_generator(0, 0, step_no++);
         auto ctx = train_context(gen);
         auto h = m->forward_hidden(ids, ctx);
+        kept_bytes = ctx.kept_bytes;
         last_decisions.clear();
         for (const auto& d : ctx.decisions) last_decisions.push_back(d.detach());
         auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
@@ -139,6 +143,20 @@ int cmd_bench_train(int argc, char** argv) {
         opt.zero_grad();
         omega = om.mean().item<double>();
       };
+      if (keep_auto) {
+        // As the trainer does: one step with the last layer kept measures what a step needs.
+        keep_layers = std::min<int64_t>(1, mc.num_layers);
+        reset_peak_memory(device);
+        const auto static_bytes = static_cast<double>(allocated_bytes(device));
+        train_step();
+        const train::StepMemory sm{static_bytes, peak_memory_gb(device) * 1e9, static_cast<double>(kept_bytes), T};
+        keep_layers = sm.layers_that_fit(T, train::kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device)),
+                                         mc.num_layers);
+        run["kept_layer_gb"] = sm.layer_bytes / 1e9;
+        LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (one holds " << sm.layer_bytes / 1e9
+                      << " GB; peak with one " << sm.peak_bytes / 1e9 << " GB)");
+      }
+      run["keep_layers"] = keep_layers;
       reset_peak_memory(device);
       const double step_ms = timer.median_ms(train_step, steps);
       const double peak_gb = peak_memory_gb(device);

@@ -7,6 +7,7 @@
 #include "model/fused_ops.h"
 #include "router/gumbel.h"
 #include "util/error.h"
+#include "util/memory.h"
 
 namespace elastic::model {
 
@@ -250,10 +251,14 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   const auto num_layers = static_cast<int64_t>(model->layers.size());
   ELASTIC_CHECK(ctx.keep_layers >= 0 && ctx.keep_layers <= num_layers,
                 "forward: keep_layers must be in [0, " << num_layers << "], got " << ctx.keep_layers);
+  const int64_t first_kept = ctx.checkpoint && torch::GradMode::is_enabled() ? num_layers - ctx.keep_layers : num_layers;
+  int64_t before_kept = 0;
   for (int64_t i = 0; i < num_layers; ++i) {
+    if (i == first_kept) before_kept = allocated_bytes(h.device());
     auto& layer = model->layers[static_cast<size_t>(i)];
-    h = i >= num_layers - ctx.keep_layers ? layer->forward_plain(h, ctx) : layer->forward(h, ctx);
+    h = i >= first_kept ? layer->forward_plain(h, ctx) : layer->forward(h, ctx);
   }
+  ctx.kept_bytes = first_kept < num_layers ? allocated_bytes(h.device()) - before_kept : 0;
   return model->norm->forward(h);
 }
 

@@ -39,6 +39,8 @@ struct ForwardContext {
   // Their forward runs once, with grad, and costs activation memory that grows with the pack;
   // the last layers are the ones kept because the backward frees them first.
   int64_t keep_layers = 0;
+  // Filled by the forward pass on a GPU: bytes the kept layers hold until their backward.
+  int64_t kept_bytes = 0;
 
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;

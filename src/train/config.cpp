@@ -121,7 +121,12 @@ const std::vector<Field>& fields() {
       field("train.logits_chunk", &C::train_logits_chunk, "an integer", at_least(1)),
       field("train.checkpoint", &C::train_checkpoint, "true or false"),
       field("train.offload_checkpoints", &C::train_offload_checkpoints, "true or false"),
-      field("train.keep_layers", &C::train_keep_layers, "an integer", at_least(0)),
+      field<std::string>("train.keep_layers", &C::train_keep_layers, "auto or an integer",
+                         [](const std::string& v, const std::string& k) {
+                           const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
+                           ELASTIC_CHECK(v == "auto" || (digits && v.size() < 6),
+                                         k << ": must be auto or a number of layers >= 0, got '" << v << "'");
+                         }),
       field("train.max_nonfinite_steps", &C::train_max_nonfinite_steps, "an integer", at_least(1)),
       field("train.resume", &C::train_resume, "'auto' or a checkpoint directory"),
       field("checkpoint.every", &C::checkpoint_every, "an integer", at_least(0)),

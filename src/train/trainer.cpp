@@ -109,6 +109,17 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
                               .eps(cfg.optim_eps)
                               .weight_decay(cfg.optim_weight_decay));
   }
+  const int64_t num_layers = model_->config().num_layers;
+  if (cfg.train_keep_layers == "auto") {
+    // Only the GPU allocator's peak measures a step; on the CPU every layer is recomputed.
+    keep_auto_ = device_.is_cuda() && cfg.train_checkpoint;
+    if (!keep_auto_) LOG_INFO("train.keep_layers auto: every layer is recomputed (needs checkpointing on a GPU)");
+    keep_budget_bytes_ = kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device_));
+  } else {
+    keep_layers_ = std::stoll(cfg.train_keep_layers);
+    ELASTIC_CHECK(keep_layers_ <= num_layers, "train.keep_layers: must be auto or in [0, " << num_layers
+                                                  << "] (the model's layers), got " << keep_layers_);
+  }
   ELASTIC_CHECK(opt_router_ || opt_backbone_,
                 "nothing to train: train.routing is '" << cfg.train_routing
                                                          << "' and train.trainable selects no parameter");
@@ -150,6 +161,12 @@ std::vector<torch::Tensor> Trainer::router_params() const {
   return out;
 }
 
+int64_t Trainer::keep_layers_for(int64_t pack_tokens) const {
+  if (!keep_auto_) return keep_layers_;
+  if (!step_memory_) return 0;
+  return step_memory_->layers_that_fit(pack_tokens, keep_budget_bytes_, model_->config().num_layers);
+}
+
 json Trainer::step() {
   const auto t0 = std::chrono::steady_clock::now();
   const bool routing = cfg_.train_routing == "router";
@@ -186,6 +203,7 @@ json Trainer::step() {
   for (int64_t s = 0; s < slots; ++s) task_counts[s] = counts[2 + s].item<int64_t>();
   ELASTIC_CHECK(total_targets > 0, "step " << step_ << ": no labelled tokens in the batch (check the dataset labels)");
 
+  int64_t last_keep = 0;  // layers kept by the last micro-batch (metrics)
   // Per-step sums reduced over ranks: ce, sparsity loss, non-finite flag, then Ω and Ω_ESR per slot.
   auto sums = torch::zeros({3 + 2 * slots}, torch::kFloat64);
   auto acc = sums.accessor<double, 1>();
@@ -215,7 +233,15 @@ json Trainer::step() {
     }
     ctx.checkpoint = cfg_.train_checkpoint;
     ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
-    ctx.keep_layers = std::min<int64_t>(cfg_.train_keep_layers, model_->config().num_layers);
+    // auto: measured on the second step run, once optimizer state exists, with one layer kept.
+    const bool measure = keep_auto_ && !step_memory_ && steps_run_ > 0;
+    double static_bytes = 0;
+    if (measure) {
+      reset_peak_memory(device_);
+      static_bytes = static_cast<double>(allocated_bytes(device_));
+    }
+    ctx.keep_layers = measure ? 1 : keep_layers_for(b.pack.tokens());
+    last_keep = ctx.keep_layers;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);
@@ -238,6 +264,16 @@ json Trainer::step() {
       continue;  // no backward through a non-finite loss
     }
     loss.backward();
+    if (measure) {
+      step_memory_ = StepMemory{static_bytes, peak_memory_gb(device_) * 1e9, static_cast<double>(ctx.kept_bytes),
+                                b.pack.tokens()};
+      const auto budget = keep_budget_bytes_;
+      LOG_INFO("train.keep_layers auto: one kept layer holds " << step_memory_->layer_bytes / 1e9 << " GB at "
+               << b.pack.tokens() << " tokens (step peak " << step_memory_->peak_bytes / 1e9 << " GB, weights and state "
+               << static_bytes / 1e9 << " GB); a pack this size keeps "
+               << step_memory_->layers_that_fit(b.pack.tokens(), budget, model_->config().num_layers) << " of "
+               << model_->config().num_layers << " layers within " << budget / 1e9 << " GB");
+    }
   }
 
   // One collective for every gradient (per dtype), one for the metrics.
@@ -277,6 +313,7 @@ json Trainer::step() {
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   cursor_ += static_cast<uint64_t>(comm_->size()) * M;
   ++step_;
+  ++steps_run_;
 
   json j;
   j["step"] = step_;
@@ -292,6 +329,7 @@ json Trainer::step() {
   j["step_seconds"] = dt;
   j["ranks"] = comm_->size();
   j["peak_memory_gb"] = peak_memory_gb(device_);
+  j["keep_layers"] = last_keep;
   if (routing) {
     int64_t n = 0;
     double om = 0, es = 0;

@@ -4,12 +4,14 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "data/loader.h"
 #include "dist/comm.h"
 #include "model/decoder.h"
 #include "train/config.h"
+#include "train/keep_layers.h"
 #include "train/objective.h"
 
 namespace elastic::train {
@@ -59,6 +61,13 @@ class Trainer {
   bool stopped_by_signal_ = false;
   uint64_t cursor_ = 0;  // global data position
   double last_tau_ = 1.0;
+  // train.keep_layers: a number, or (auto) what fits by the step measured on the second step run.
+  int64_t keep_layers_ = 0;
+  bool keep_auto_ = false;
+  double keep_budget_bytes_ = 0;  // auto: kKeepLayersMemoryShare of the GPU's memory
+  std::optional<StepMemory> step_memory_;
+  int64_t steps_run_ = 0;
+  int64_t keep_layers_for(int64_t pack_tokens) const;
 };
 
 // Unfreezes backbone parameters whose names match any regex; returns them (error if a pattern matches nothing).

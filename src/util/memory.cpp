@@ -4,6 +4,7 @@
 
 #ifdef ELASTIC_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include "kernels/cuda_check.h"
 #endif
 
 namespace elastic {
@@ -24,6 +25,29 @@ void reset_peak_memory(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
 #endif
+}
+
+int64_t allocated_bytes(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return stats.allocated_bytes[0].current;
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
+int64_t device_memory_bytes(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop{};
+    ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
+    return static_cast<int64_t>(prop.totalGlobalMem);
+  }
+#endif
+  (void)device;
+  return 0;
 }
 
 void release_cached_memory(torch::Device device) {

@@ -6,6 +6,10 @@ namespace elastic {
 
 double peak_memory_gb(torch::Device device);
 void reset_peak_memory(torch::Device device);
+// Bytes the GPU allocator holds for tensors now (0 on the CPU, where nothing is measured).
+int64_t allocated_bytes(torch::Device device);
+// The GPU's memory in bytes (0 on the CPU).
+int64_t device_memory_bytes(torch::Device device);
 // Returns cached, unused GPU blocks to the driver (after an out-of-memory error, say).
 void release_cached_memory(torch::Device device);
 
