@@ -133,6 +133,33 @@ TEST(Checkpoint, KeepLayersBeyondTheModelIsRejected) {
   }
 }
 
+// train.keep_layers: auto plans with what a recomputed layer holds in the backward, standing for
+// what a kept layer holds from its forward: both are measured (GPU allocator) and must agree.
+TEST(Checkpoint, RecomputedLayerHoldsWhatAKeptLayerHolds) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  auto m = make_model(torch::kCUDA);
+  auto pack = attention::Packing::from_lengths({300, 212}, torch::kCUDA);
+  auto ids = torch::randint(64, {512});
+  auto labels = torch::ones({512}, torch::kUInt8);
+  auto measure = [&](int64_t keep) {
+    model::ForwardContext ctx;
+    ctx.pack = &pack;
+    ctx.mode = model::RoutingMode::train;
+    ctx.ssa = attention::MaskSpec::streaming(2, 6);
+    ctx.checkpoint = true;
+    ctx.keep_layers = keep;
+    auto gen = router::routing_generator(3, 0, 0);
+    ctx.gen = &gen;
+    auto h = m->forward_hidden(ids, ctx);
+    auto lm = train::lm_loss(m, h, ids, labels, pack, 64);
+    (lm.sum / lm.tokens + train::model_sparsity(ctx.decisions).sum()).backward();
+    return static_cast<double>(ctx.layer_activation_bytes);
+  };
+  const double recomputed = measure(0), kept = measure(3);
+  EXPECT_GT(kept, 512 * 32 * 8.0) << "a layer holds at least its input and output";
+  EXPECT_NEAR(recomputed / kept, 1.0, 0.2) << "recomputed " << recomputed << " B, kept " << kept << " B";
+}
+
 // Layer inputs kept in pinned host memory between the forward and the recompute.
 TEST(Checkpoint, SameGradientsWithOffloadedLayerInputsOnTheGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";

@@ -53,7 +53,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "--gather-min-len N: routing-aware backward gathers selected heads from this longest-sample length.\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
-                 "  auto: as many as fit, measured per pack size on a step with one layer kept).\n"
+                 "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
@@ -126,35 +126,35 @@ int cmd_bench_train(int argc, char** argv) {
         return ctx;
       };
       double omega = 0;
-      int64_t step_no = 0, kept_bytes = 0;
+      int64_t step_no = 0, layer_bytes = 0;
       std::vector<torch::Tensor> last_decisions;
       auto train_step = [&] {
         auto gen = router::routing_generator(0, 0, step_no++);
         auto ctx = train_context(gen);
         auto h = m->forward_hidden(ids, ctx);
-        kept_bytes = ctx.kept_bytes;
         last_decisions.clear();
         for (const auto& d : ctx.decisions) last_decisions.push_back(d.detach());
         auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
         auto om = train::model_sparsity(ctx.decisions);
         auto loss = lm.sum / std::max<int64_t>(lm.tokens, 1) + (om - 0.7).abs().mean();
         loss.backward();
+        layer_bytes = ctx.layer_activation_bytes;
         opt.step();
         opt.zero_grad();
         omega = om.mean().item<double>();
       };
       if (keep_auto) {
-        // As the trainer does: one step with the last layer kept measures what a step needs.
-        keep_layers = std::min<int64_t>(1, mc.num_layers);
+        // As the trainer does: one step, every layer recomputed, measures what a step needs.
+        keep_layers = 0;
         reset_peak_memory(device);
         const auto static_bytes = static_cast<double>(allocated_bytes(device));
         train_step();
-        const train::StepMemory sm{static_bytes, peak_memory_gb(device) * 1e9, static_cast<double>(kept_bytes), T};
+        const train::StepMemory sm{static_bytes, peak_memory_gb(device) * 1e9, static_cast<double>(layer_bytes), T, 0};
         keep_layers = sm.layers_that_fit(T, train::kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device)),
                                          mc.num_layers);
-        run["kept_layer_gb"] = sm.layer_bytes / 1e9;
-        LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (one holds " << sm.layer_bytes / 1e9
-                      << " GB; peak with one " << sm.peak_bytes / 1e9 << " GB)");
+        run["layer_activation_gb"] = sm.layer_bytes / 1e9;
+        LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (a layer's activations "
+                      << sm.layer_bytes / 1e9 << " GB; peak with none kept " << sm.peak_bytes / 1e9 << " GB)");
       }
       run["keep_layers"] = keep_layers;
       reset_peak_memory(device);

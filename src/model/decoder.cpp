@@ -1,5 +1,6 @@
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "attention/attention.h"
@@ -169,7 +170,9 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     {
       torch::AutoGradMode on(true);
       ctx->recomputing = true;
+      const auto before = allocated_bytes(x.device());
       out = layer->forward_plain(x, *ctx);
+      ctx->layer_activation_bytes = std::max(ctx->layer_activation_bytes, allocated_bytes(x.device()) - before);
       ctx->recomputing = false;
       // The recomputed decisions are this backward's, not the pass's record: take them back off.
       if (ctx->mode != RoutingMode::off) {
@@ -252,13 +255,16 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   ELASTIC_CHECK(ctx.keep_layers >= 0 && ctx.keep_layers <= num_layers,
                 "forward: keep_layers must be in [0, " << num_layers << "], got " << ctx.keep_layers);
   const int64_t first_kept = ctx.checkpoint && torch::GradMode::is_enabled() ? num_layers - ctx.keep_layers : num_layers;
-  int64_t before_kept = 0;
   for (int64_t i = 0; i < num_layers; ++i) {
-    if (i == first_kept) before_kept = allocated_bytes(h.device());
     auto& layer = model->layers[static_cast<size_t>(i)];
-    h = i >= first_kept ? layer->forward_plain(h, ctx) : layer->forward(h, ctx);
+    if (i < first_kept) {
+      h = layer->forward(h, ctx);
+    } else {
+      const auto before = allocated_bytes(h.device());
+      h = layer->forward_plain(h, ctx);
+      ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(h.device()) - before);
+    }
   }
-  ctx.kept_bytes = first_kept < num_layers ? allocated_bytes(h.device()) - before_kept : 0;
   return model->norm->forward(h);
 }
 

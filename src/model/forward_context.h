@@ -39,8 +39,10 @@ struct ForwardContext {
   // Their forward runs once, with grad, and costs activation memory that grows with the pack;
   // the last layers are the ones kept because the backward frees them first.
   int64_t keep_layers = 0;
-  // Filled by the forward pass on a GPU: bytes the kept layers hold until their backward.
-  int64_t kept_bytes = 0;
+  // Filled on a GPU: the most bytes one layer's activations held from its forward with grad to its
+  // backward, measured on the kept layers in the forward and on the recomputed ones in the backward
+  // (what keeping a layer costs; train/keep_layers.h).
+  int64_t layer_activation_bytes = 0;
 
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.
   std::vector<torch::Tensor> decisions;

@@ -8,8 +8,9 @@ namespace elastic::train {
 int64_t StepMemory::layers_that_fit(int64_t pack_tokens, double budget_bytes, int64_t num_layers) const {
   if (tokens <= 0 || layer_bytes <= 0 || pack_tokens <= 0) return 0;
   const double scale = static_cast<double>(pack_tokens) / static_cast<double>(tokens);
-  // The step's activation peak without any kept layer, then one kept layer's bytes, at this pack.
-  const double activations = std::max(0.0, peak_bytes - static_bytes - layer_bytes) * scale;
+  // The step's activation peak without kept layers, then one kept layer's bytes, at this pack.
+  const double activations =
+      std::max(0.0, peak_bytes - static_bytes - static_cast<double>(kept_layers) * layer_bytes) * scale;
   const double per_layer = layer_bytes * scale;
   const double room = budget_bytes - static_bytes - activations;
   if (room <= 0) return 0;

@@ -233,14 +233,14 @@ json Trainer::step() {
     }
     ctx.checkpoint = cfg_.train_checkpoint;
     ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
-    // auto: measured on the second step run, once optimizer state exists, with one layer kept.
+    // auto: measured on the second step run, once optimizer state exists, every layer recomputed.
     const bool measure = keep_auto_ && !step_memory_ && steps_run_ > 0;
     double static_bytes = 0;
     if (measure) {
       reset_peak_memory(device_);
       static_bytes = static_cast<double>(allocated_bytes(device_));
     }
-    ctx.keep_layers = measure ? 1 : keep_layers_for(b.pack.tokens());
+    ctx.keep_layers = measure ? 0 : keep_layers_for(b.pack.tokens());
     last_keep = ctx.keep_layers;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
@@ -265,10 +265,10 @@ json Trainer::step() {
     }
     loss.backward();
     if (measure) {
-      step_memory_ = StepMemory{static_bytes, peak_memory_gb(device_) * 1e9, static_cast<double>(ctx.kept_bytes),
-                                b.pack.tokens()};
+      step_memory_ = StepMemory{static_bytes, peak_memory_gb(device_) * 1e9,
+                                static_cast<double>(ctx.layer_activation_bytes), b.pack.tokens(), 0};
       const auto budget = keep_budget_bytes_;
-      LOG_INFO("train.keep_layers auto: one kept layer holds " << step_memory_->layer_bytes / 1e9 << " GB at "
+      LOG_INFO("train.keep_layers auto: a layer's activations take " << step_memory_->layer_bytes / 1e9 << " GB at "
                << b.pack.tokens() << " tokens (step peak " << step_memory_->peak_bytes / 1e9 << " GB, weights and state "
                << static_bytes / 1e9 << " GB); a pack this size keeps "
                << step_memory_->layers_that_fit(b.pack.tokens(), budget, model_->config().num_layers) << " of "
