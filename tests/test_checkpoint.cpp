@@ -50,6 +50,28 @@ std::vector<torch::Tensor> trainable_grads(model::CausalLM& m) {
   return g;
 }
 
+// A training-mode forward context over `pack` (SSA sink 2 + window 6) with noise from `gen`.
+model::ForwardContext training_context(const attention::Packing& pack, torch::Generator& gen, bool checkpoint,
+                                       int64_t keep_layers = 0) {
+  model::ForwardContext ctx;
+  ctx.pack = &pack;
+  ctx.mode = model::RoutingMode::train;
+  ctx.ssa = attention::MaskSpec::streaming(2, 6);
+  ctx.gen = &gen;
+  ctx.checkpoint = checkpoint;
+  ctx.keep_layers = keep_layers;
+  return ctx;
+}
+
+// Forward, LM loss plus the summed sparsity, backward; returns the loss.
+double train_pass(model::CausalLM& m, const torch::Tensor& ids, const torch::Tensor& labels, model::ForwardContext& ctx) {
+  auto h = m->forward_hidden(ids, ctx);
+  auto lm = train::lm_loss(m, h, ids, labels, *ctx.pack, 16);
+  auto loss = lm.sum / lm.tokens + train::model_sparsity(ctx.decisions).sum();
+  loss.backward();
+  return loss.item<double>();
+}
+
 // keep_layers: the checkpointed run keeps the last N layers' activations instead of recomputing them.
 void same_gradients_with_and_without_recompute(torch::Device device, bool offload, int64_t keep_layers = 0) {
   auto m = make_model(device);
@@ -58,20 +80,11 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
   auto labels = torch::ones({65}, torch::kUInt8);
   auto run = [&](bool checkpoint) {
     for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
-    model::ForwardContext ctx;
-    ctx.pack = &pack;
-    ctx.mode = model::RoutingMode::train;
-    ctx.ssa = attention::MaskSpec::streaming(2, 6);
-    ctx.checkpoint = checkpoint;
-    ctx.offload_checkpoints = offload;
-    ctx.keep_layers = checkpoint ? keep_layers : 0;
     auto gen = router::routing_generator(3, 0, 0);
-    ctx.gen = &gen;
-    auto h = m->forward_hidden(ids, ctx);
-    auto lm = train::lm_loss(m, h, ids, labels, pack, 16);
-    auto loss = lm.sum / lm.tokens + train::model_sparsity(ctx.decisions).sum();
-    loss.backward();
-    return Run{loss.item<double>(), trainable_grads(m)};
+    auto ctx = training_context(pack, gen, checkpoint, checkpoint ? keep_layers : 0);
+    ctx.offload_checkpoints = offload;
+    const double loss = train_pass(m, ids, labels, ctx);
+    return Run{loss, trainable_grads(m)};
   };
   auto [l0, g0] = run(false);
   auto [l1, g1] = run(true);
@@ -102,13 +115,8 @@ TEST(Checkpoint, SameGradientsWithLastLayersKept) {
 TEST(Checkpoint, KeptLayersSkipTheCheckpoint) {
   auto m = make_model(torch::kCPU);
   auto pack = attention::Packing::from_lengths({8}, torch::kCPU);
-  model::ForwardContext ctx;
-  ctx.pack = &pack;
-  ctx.mode = model::RoutingMode::train;
   auto gen = router::routing_generator(3, 0, 0);
-  ctx.gen = &gen;
-  ctx.checkpoint = true;
-  ctx.keep_layers = 1;
+  auto ctx = training_context(pack, gen, true, 1);
   m->forward_hidden(torch::randint(64, {8}), ctx);
   ASSERT_EQ(ctx.decisions.size(), 3u);
   for (size_t l = 0; l < 3; ++l) {
@@ -142,17 +150,9 @@ TEST(Checkpoint, RecomputedLayerHoldsWhatAKeptLayerHolds) {
   auto ids = torch::randint(64, {512});
   auto labels = torch::ones({512}, torch::kUInt8);
   auto measure = [&](int64_t keep) {
-    model::ForwardContext ctx;
-    ctx.pack = &pack;
-    ctx.mode = model::RoutingMode::train;
-    ctx.ssa = attention::MaskSpec::streaming(2, 6);
-    ctx.checkpoint = true;
-    ctx.keep_layers = keep;
     auto gen = router::routing_generator(3, 0, 0);
-    ctx.gen = &gen;
-    auto h = m->forward_hidden(ids, ctx);
-    auto lm = train::lm_loss(m, h, ids, labels, pack, 64);
-    (lm.sum / lm.tokens + train::model_sparsity(ctx.decisions).sum()).backward();
+    auto ctx = training_context(pack, gen, true, keep);
+    train_pass(m, ids, labels, ctx);
     return static_cast<double>(ctx.layer_activation_bytes);
   };
   const double recomputed = measure(0), kept = measure(3);
