@@ -14,7 +14,8 @@
 # exist (delete DIR to start over). Env: ELASTIC_BIN (default build/elastic), BB_SET / RT_SET (extra
 # --set overrides for the backbone / router runs, space separated), BB_STAGE1_STEPS (a first
 # backbone stage on retrieval + multihop alone; default 0 on the GPU, 4 in the smoke run), EL_SEED
-# (the initial backbone weights' seed, default 0), EL_N_EVAL (eval samples, GPU default 2000).
+# (the initial backbone weights' seed, default 0), EL_N_EVAL (eval samples, GPU default 2000), BB_INIT
+# (a trained model directory the backbone stages continue from instead of the random init).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 E=${ELASTIC_BIN:-$ROOT/build/elastic}
@@ -96,11 +97,14 @@ if has data; then
 fi
 
 if has backbone && [ ! -f "$OUT/backbone/model/config.json" ]; then
-  START=$OUT/init
+  # BB_INIT: a trained backbone to continue from instead of the random init (a curriculum: one
+  # trained on short contexts goes on at longer ones).
+  START=${BB_INIT:-$OUT/init}
+  [ -f "$START/config.json" ] || { echo "BB_INIT=$START: no config.json there (expected a model directory)" >&2; exit 1; }
   if [ "${BB_STAGE1_STEPS:-0}" -gt 0 ]; then
     say "backbone stage 1: retrieval and multihop alone, $BB_STAGE1_STEPS steps"
     rm -rf "$OUT/backbone_lookup"
-    run "$E" train "$ROOT/configs/elasticity-backbone.yaml" --set model.path="$OUT/init" --set data.path="$OUT/train_lookup.bin" \
+    run "$E" train "$ROOT/configs/elasticity-backbone.yaml" --set model.path="$START" --set data.path="$OUT/train_lookup.bin" \
       --set output.dir="$OUT/backbone_lookup" --set model.device=$DEVICE --set train.steps=$BB_STAGE1_STEPS 2>&1 | { grep -v "^\[.*\] \[info\] train " || true; } | tail -2
     [ -f "$OUT/backbone_lookup/model/config.json" ] || { echo "backbone stage 1 wrote no model" >&2; exit 1; }
     START=$OUT/backbone_lookup/model

@@ -9,7 +9,8 @@
 # Work goes to a fresh R (default mktemp -d /tmp/ea.XXXX): tools/elasticity.sh reuses finished stages,
 # and a warm machine still holds the previous call's (on 2026-11-25 a call silently re-reported them).
 # Two calls when one is too short: BB_ONLY=1 stops after the backbones and leaves the best one in
-# $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training.
+# $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training, and
+# BB_INIT_TGZ=<that file> trains the backbones on from it (e.g. variant k's, then V=m at 1K tokens).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/elasticity-out}; mkdir -p "$OUT"
@@ -51,7 +52,9 @@ for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/tr
 ST=$(python3 -c "import json;r=sorted(max(json.loads(l)['step_seconds'] for l in open('$R/t%s/metrics.jsonl'%v) if json.loads(l)['step']>5) for v in '$V'.split());print(r[-1])")
 N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-180}/$ST)))"); el "backbone step <= $ST s (side by side) -> $N steps"
 for v in $V; do
-  BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
+  # BB_INIT_TGZ: a backbone_<variant>.tgz of an earlier call to continue from (a curriculum).
+  INIT=; if [ -n "${BB_INIT_TGZ:-}" ]; then mkdir -p $R/$v/bbinit && tar -C $R/$v/bbinit -xzf "$BB_INIT_TGZ" && INIT=$R/$v/bbinit/backbone/model; fi
+  BB_INIT=$INIT BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
 done
 wait; el "backbones done"
 best=a; bestacc=-1
