@@ -321,24 +321,27 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    def step(step_no):
+        return train_step(model, opt, pack, step_no, args.seed, layer_fns, keep_layers=args.keep_layers)
+
     for i in range(args.warmup):
-        train_step(model, opt, pack, i, args.seed, layer_fns, keep_layers=args.keep_layers)
+        step(i)
     times, omegas = [], []
     for i in range(args.steps):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
             start.record()
-            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns, keep_layers=args.keep_layers))
+            omegas.append(step(args.warmup + i))
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            omegas.append(train_step(model, opt, pack, args.warmup + i, args.seed, layer_fns, keep_layers=args.keep_layers))
+            omegas.append(step(args.warmup + i))
             times.append((time.perf_counter() - t0) * 1e3)
     step_ms = statistics.median(times)
-    profile = profile_step(model, opt, pack, args.warmup + args.steps, args.seed, layer_fns) if args.profile and cuda else None
+    profile = profile_step(step, args.warmup + args.steps) if args.profile and cuda else None
     T = pack.T
     P = sum(p.numel() for n, p in model.named_parameters() if ".router." not in n) - c["vocab"] * c["hidden"]
     attn = sum(2.0 * n * n * c["head_dim"] * c["heads"] * c["layers"] for n in lengths)
@@ -367,13 +370,13 @@ def kernel_category(name):
     return "other"
 
 
-def profile_step(model, opt, pack, step_no, seed, layer_fns):
-    """One step under torch.profiler: device time by kernel and category (bench-train --profile's twin)."""
+def profile_step(step, step_no):
+    """One step (step(step_no)) under torch.profiler: device time by kernel and category (bench-train --profile's twin)."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        train_step(model, opt, pack, step_no, seed, layer_fns)
+        step(step_no)
         torch.cuda.synchronize()
     wall = (time.perf_counter() - t0) * 1e3
     kernels = {}

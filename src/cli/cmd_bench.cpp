@@ -146,12 +146,10 @@ int cmd_bench_train(int argc, char** argv) {
       if (keep_auto) {
         // As the trainer does: one step, every layer recomputed, measures what a step needs.
         keep_layers = 0;
-        reset_peak_memory(device);
-        const auto static_bytes = static_cast<double>(allocated_bytes(device));
+        const train::StepMemoryProbe probe(device);
         train_step();
-        const train::StepMemory sm{static_bytes, peak_memory_gb(device) * 1e9, static_cast<double>(layer_bytes), T, 0};
-        keep_layers = sm.layers_that_fit(T, train::kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device)),
-                                         mc.num_layers);
+        const auto sm = probe.finish(layer_bytes, T);
+        keep_layers = sm.layers_that_fit(T, train::keep_layers_budget_bytes(device), mc.num_layers);
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;
         LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (a layer's activations "
                       << sm.layer_bytes / 1e9 << " GB; peak with none kept " << sm.peak_bytes / 1e9 << " GB)");

@@ -119,6 +119,15 @@ torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardCon
 
 namespace {
 
+// A layer's forward with grad, recording the most any layer's activations held
+// (ForwardContext::layer_activation_bytes; what keeping a layer costs).
+torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
+  const auto before = allocated_bytes(x.device());
+  auto out = layer.forward_plain(x, ctx);
+  ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(x.device()) - before);
+  return out;
+}
+
 // Activation checkpointing of one decoder layer: the forward keeps only the layer input (on the
 // GPU or in pinned host memory) and the Gumbel noise its router drew; the backward recomputes
 // the layer, router included, with grad enabled and backpropagates through it (parameter
@@ -170,9 +179,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     {
       torch::AutoGradMode on(true);
       ctx->recomputing = true;
-      const auto before = allocated_bytes(x.device());
-      out = layer->forward_plain(x, *ctx);
-      ctx->layer_activation_bytes = std::max(ctx->layer_activation_bytes, allocated_bytes(x.device()) - before);
+      out = forward_holding_activations(*layer, x, *ctx);
       ctx->recomputing = false;
       // The recomputed decisions are this backward's, not the pass's record: take them back off.
       if (ctx->mode != RoutingMode::off) {
@@ -257,13 +264,7 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   const int64_t first_kept = ctx.checkpoint && torch::GradMode::is_enabled() ? num_layers - ctx.keep_layers : num_layers;
   for (int64_t i = 0; i < num_layers; ++i) {
     auto& layer = model->layers[static_cast<size_t>(i)];
-    if (i < first_kept) {
-      h = layer->forward(h, ctx);
-    } else {
-      const auto before = allocated_bytes(h.device());
-      h = layer->forward_plain(h, ctx);
-      ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(h.device()) - before);
-    }
+    h = i < first_kept ? layer->forward(h, ctx) : forward_holding_activations(*layer, h, ctx);
   }
   return model->norm->forward(h);
 }

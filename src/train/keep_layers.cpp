@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/memory.h"
+
 namespace elastic::train {
 
 int64_t StepMemory::layers_that_fit(int64_t pack_tokens, double budget_bytes, int64_t num_layers) const {
@@ -15,6 +17,19 @@ int64_t StepMemory::layers_that_fit(int64_t pack_tokens, double budget_bytes, in
   const double room = budget_bytes - static_bytes - activations;
   if (room <= 0) return 0;
   return std::clamp<int64_t>(static_cast<int64_t>(std::floor(room / per_layer)), 0, num_layers);
+}
+
+StepMemoryProbe::StepMemoryProbe(torch::Device device) : device_(device) {
+  reset_peak_memory(device_);
+  static_bytes_ = static_cast<double>(allocated_bytes(device_));
+}
+
+StepMemory StepMemoryProbe::finish(int64_t layer_bytes, int64_t tokens) const {
+  return StepMemory{static_bytes_, peak_memory_gb(device_) * 1e9, static_cast<double>(layer_bytes), tokens, 0};
+}
+
+double keep_layers_budget_bytes(torch::Device device) {
+  return kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device));
 }
 
 }  // namespace elastic::train

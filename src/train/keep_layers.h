@@ -4,6 +4,8 @@
 // layer's activations take (its recompute holds exactly those); every pack then keeps as many
 // layers as fit in a share of the GPU's memory.
 #pragma once
+#include <torch/torch.h>
+
 #include <cstdint>
 
 namespace elastic::train {
@@ -23,5 +25,21 @@ struct StepMemory {
   // `budget_bytes`; activations scale with the pack's tokens, the static part does not.
   int64_t layers_that_fit(int64_t tokens, double budget_bytes, int64_t num_layers) const;
 };
+
+// Measures one step, every layer recomputed: made before its forward (resets the allocator's peak
+// and reads the static bytes), finished after its backward.
+class StepMemoryProbe {
+ public:
+  explicit StepMemoryProbe(torch::Device device);
+  // layer_bytes: the step's ForwardContext::layer_activation_bytes; tokens: its pack's.
+  StepMemory finish(int64_t layer_bytes, int64_t tokens) const;
+
+ private:
+  torch::Device device_;
+  double static_bytes_;
+};
+
+// kKeepLayersMemoryShare of the device's memory (0 on the CPU).
+double keep_layers_budget_bytes(torch::Device device);
 
 }  // namespace elastic::train

@@ -114,7 +114,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
     // Only the GPU allocator's peak measures a step; on the CPU every layer is recomputed.
     keep_auto_ = device_.is_cuda() && cfg.train_checkpoint;
     if (!keep_auto_) LOG_INFO("train.keep_layers auto: every layer is recomputed (needs checkpointing on a GPU)");
-    keep_budget_bytes_ = kKeepLayersMemoryShare * static_cast<double>(device_memory_bytes(device_));
+    keep_budget_bytes_ = keep_layers_budget_bytes(device_);
   } else {
     keep_layers_ = std::stoll(cfg.train_keep_layers);
     ELASTIC_CHECK(keep_layers_ <= num_layers, "train.keep_layers: must be auto or in [0, " << num_layers
@@ -234,13 +234,9 @@ json Trainer::step() {
     ctx.checkpoint = cfg_.train_checkpoint;
     ctx.offload_checkpoints = cfg_.train_offload_checkpoints;
     // auto: measured on the second step run, once optimizer state exists, every layer recomputed.
-    const bool measure = keep_auto_ && !step_memory_ && steps_run_ > 0;
-    double static_bytes = 0;
-    if (measure) {
-      reset_peak_memory(device_);
-      static_bytes = static_cast<double>(allocated_bytes(device_));
-    }
-    ctx.keep_layers = measure ? 0 : keep_layers_for(b.pack.tokens());
+    std::optional<StepMemoryProbe> probe;
+    if (keep_auto_ && !step_memory_ && steps_run_ > 0) probe.emplace(device_);
+    ctx.keep_layers = probe ? 0 : keep_layers_for(b.pack.tokens());
     last_keep = ctx.keep_layers;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
@@ -264,15 +260,12 @@ json Trainer::step() {
       continue;  // no backward through a non-finite loss
     }
     loss.backward();
-    if (measure) {
-      step_memory_ = StepMemory{static_bytes, peak_memory_gb(device_) * 1e9,
-                                static_cast<double>(ctx.layer_activation_bytes), b.pack.tokens(), 0};
-      const auto budget = keep_budget_bytes_;
+    if (probe) {
+      step_memory_ = probe->finish(ctx.layer_activation_bytes, b.pack.tokens());
       LOG_INFO("train.keep_layers auto: a layer's activations take " << step_memory_->layer_bytes / 1e9 << " GB at "
                << b.pack.tokens() << " tokens (step peak " << step_memory_->peak_bytes / 1e9 << " GB, weights and state "
-               << static_bytes / 1e9 << " GB); a pack this size keeps "
-               << step_memory_->layers_that_fit(b.pack.tokens(), budget, model_->config().num_layers) << " of "
-               << model_->config().num_layers << " layers within " << budget / 1e9 << " GB");
+               << step_memory_->static_bytes / 1e9 << " GB); a pack this size keeps " << keep_layers_for(b.pack.tokens())
+               << " of " << model_->config().num_layers << " layers within " << keep_budget_bytes_ / 1e9 << " GB");
     }
   }
 
