@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "data/dataset.h"
 #include "data/synthetic.h"
@@ -206,6 +207,37 @@ TEST(TrainingRun, CliTrainThenEval) {
   EXPECT_GT(ev["samples"].get<int64_t>(), 0);
   EXPECT_TRUE(fs::exists(d.path / "eval" / "fa_heatmap.svg"));
   EXPECT_TRUE(fs::exists(d.path / "eval" / "fa_frequency.csv"));
+  // Per task: [layers][KV heads] frequencies whose sample-weighted mean is the overall frequency.
+  std::vector<std::vector<double>> overall;
+  {
+    std::ifstream in(d.str("eval/fa_frequency.csv"));
+    std::string line, cell;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::stringstream ss(line);
+      std::getline(ss, cell, ',');
+      overall.emplace_back();
+      while (std::getline(ss, cell, ',')) overall.back().push_back(std::stod(cell));
+    }
+  }
+  ASSERT_FALSE(overall.empty());
+  ASSERT_FALSE(ev["tasks"].empty());
+  std::vector<std::vector<double>> weighted(overall.size(), std::vector<double>(overall[0].size(), 0.0));
+  for (auto& [task, t] : ev["tasks"].items()) {
+    const auto f = t["fa_frequency"].get<std::vector<std::vector<double>>>();
+    ASSERT_EQ(f.size(), overall.size()) << task;
+    for (size_t l = 0; l < f.size(); ++l) {
+      ASSERT_EQ(f[l].size(), overall[l].size()) << task;
+      for (size_t h = 0; h < f[l].size(); ++h) {
+        EXPECT_GE(f[l][h], 0.0);
+        EXPECT_LE(f[l][h], 1.0);
+        weighted[l][h] += f[l][h] * t["samples"].get<double>() / ev["samples"].get<double>();
+      }
+    }
+    EXPECT_TRUE(fs::exists(d.path / "eval" / ("fa_heatmap_" + task + ".svg"))) << task;
+  }
+  for (size_t l = 0; l < overall.size(); ++l)
+    for (size_t h = 0; h < overall[l].size(); ++h) EXPECT_NEAR(weighted[l][h], overall[l][h], 1e-5) << l << "," << h;
   // Bad config: unknown key with a suggestion, non-zero exit.
   EXPECT_NE(run_cmd(e + " train --set model.path=x --set data.path=y --set optim.lrr=1"), 0);
 }

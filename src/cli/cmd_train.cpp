@@ -96,8 +96,9 @@ int cmd_eval(int argc, char** argv) {
   if (a.flag("help") || a.positional().size() != 1) {
     std::cout << "elastic eval RUN_DIR [--data PATH] [--routing router|full|streaming|fixed --mask MASK.csv]\n"
                  "  [--model DIR] [--out DIR] [--max-packs N] [--set key=value]\n"
-                 "Hard routing (argmax) with the run's router; writes eval.json, fa_frequency.csv and\n"
-                 "fa_heatmap.svg to --out (default RUN_DIR/eval). The model is --model, else the run's trained\n"
+                 "Hard routing (argmax) with the run's router; writes eval.json (per task: accuracy, loss, Ω and\n"
+                 "how often each head is dense), fa_frequency.csv, fa_heatmap.svg and, for the router,\n"
+                 "fa_heatmap_<task>.svg to --out (default RUN_DIR/eval). The model is --model, else the run's trained\n"
                  "backbone RUN_DIR/model when the run trained one, else the run's model.path.\n";
     return a.flag("help") ? 0 : 2;
   }
@@ -155,8 +156,15 @@ int cmd_eval(int argc, char** argv) {
   train::write_matrix_csv((fs::path(out) / "fa_frequency.csv").string(), r.fa_frequency, "layer", "kv_head");
   train::write_heatmap_svg((fs::path(out) / "fa_heatmap.svg").string(), r.fa_frequency,
                            "Full-attention frequency per (layer, KV head)", "layer", "KV head");
+  // Per task only for the router: fixed routings give every task the same heads.
+  if (routing == train::EvalRouting::router) {
+    for (const auto& [task, freq] : r.task_fa_frequency)
+      train::write_heatmap_svg((fs::path(out) / ("fa_heatmap_" + task + ".svg")).string(), freq,
+                               "Full-attention frequency per (layer, KV head): " + task, "layer", "KV head");
+  }
   print_task_table(r.summary);
-  std::cout << "written: " << out << "/eval.json, fa_frequency.csv, fa_heatmap.svg\n";
+  std::cout << "written: " << out << "/eval.json, fa_frequency.csv, fa_heatmap.svg"
+            << (routing == train::EvalRouting::router ? ", fa_heatmap_<task>.svg" : "") << "\n";
   return 0;
 }
 

@@ -21,6 +21,18 @@ EvalRouting parse_eval_routing(const std::string& s) {
   ELASTIC_FAIL("--routing: expected router, full, streaming or fixed, got '" << s << "'");
 }
 
+namespace {
+json matrix_to_json(const torch::Tensor& m) {
+  auto t = m.to(torch::kCPU, torch::kFloat64).contiguous();
+  json rows = json::array();
+  for (int64_t r = 0; r < t.size(0); ++r) {
+    auto row = t[r];
+    rows.push_back(std::vector<double>(row.data_ptr<double>(), row.data_ptr<double>() + row.numel()));
+  }
+  return rows;
+}
+}  // namespace
+
 EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConfig& cfg, const EvalOptions& opt) {
   torch::NoGradGuard ng;
   const auto device = m->options().device();
@@ -28,6 +40,7 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
   struct Acc {
     double loss = 0, omega = 0, esr = 0;
     int64_t tokens = 0, samples = 0, correct = 0;
+    torch::Tensor fa;  // [L, Hkv] samples routed to FA, per head
   };
   std::map<int64_t, Acc> per_task;
   auto fa_count = torch::zeros({L, H}, torch::kFloat64);
@@ -91,6 +104,8 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
       acc.correct += (tok_s[s] > 0 && wrong_s[s] == 0);
       acc.omega += omega[s].item<double>();
       acc.esr += effective_sparsity(b.pack.length(s), cfg.ssa_sink, cfg.ssa_window, dec.select(1, s));
+      if (!acc.fa.defined()) acc.fa = torch::zeros({L, H}, torch::kFloat64);
+      acc.fa += dec.select(1, s);
     }
     total_samples += B;
     progress.update(i + 1, "");
@@ -103,13 +118,15 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
   for (const auto& [id, a] : per_task) {
     const auto* spec = cfg.task_by_id(id);
     const std::string name = spec ? spec->name : "task_" + std::to_string(id);
+    r.task_fa_frequency[name] = a.fa / a.samples;
     tasks[name] = {{"task_id", id},
                    {"samples", a.samples},
                    {"lm_loss", a.tokens ? a.loss / a.tokens : 0.0},
                    {"accuracy", static_cast<double>(a.correct) / a.samples},
                    {"omega_msr", a.omega / a.samples},
                    {"omega_esr", a.esr / a.samples},
-                   {"target", cfg.target_for(id)}};
+                   {"target", cfg.target_for(id)},
+                   {"fa_frequency", matrix_to_json(r.task_fa_frequency[name])}};
     all.loss += a.loss, all.tokens += a.tokens, all.samples += a.samples, all.correct += a.correct;
     all.omega += a.omega, all.esr += a.esr;
   }

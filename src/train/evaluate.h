@@ -3,6 +3,7 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -25,6 +26,8 @@ struct EvalOptions {
 struct EvalResult {
   nlohmann::json summary;       // overall and per task
   torch::Tensor fa_frequency;   // [L, Hkv] fraction of samples routed to FA
+  // The same per task (also in summary.tasks.<name>.fa_frequency): which heads each task keeps dense.
+  std::map<std::string, torch::Tensor> task_fa_frequency;
 };
 
 EvalResult evaluate(model::CausalLM& model, const data::Dataset& ds, const TrainConfig& cfg, const EvalOptions& opt);
