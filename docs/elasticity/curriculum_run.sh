@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Session 7's short-to-long curriculum as one command on one GPU: backbone k (128-256-token contexts),
+# then m (512-1K), n (1K-2K) and o (2K-4K), each continuing from the one before (device_run.sh
+# BB_INIT_TGZ), then router, baselines and report at the last length. Session 7 ran the same steps as
+# separate device_run.sh calls, because a call on the device machine here is limited to 10 minutes; the
+# steps' device time adds up to about 20 minutes on an H100 (docs/elasticity.md, session 7). This chaining
+# script itself has not run as one command.
+# Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=lamlr5e-2] bash docs/elasticity/curriculum_run.sh
+# Each step's files are in $OUT/<variant>/ (backbone_<variant>.tgz, logs, elasticity.tgz).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/elasticity-curriculum}
+read -r -a STEPS <<< "${STEPS:-k m n o}"
+# Backbone seconds and first-stage (lookup) steps of each length, as run in session 7.
+declare -A BUDGET=([k]=330 [m]=230 [n]=250 [o]=250) STAGE1=([k]=2500 [m]=1500 [n]=1500 [o]=1500)
+prev=
+for i in "${!STEPS[@]}"; do
+  v=${STEPS[$i]}
+  env=(V="$v" OUT="$OUT/$v" R="$OUT/work-$v" BB_BUDGET="${BUDGET[$v]:-250}" BB_STAGE1_STEPS="${STAGE1[$v]:-1500}")
+  [ -n "$prev" ] && env+=(BB_INIT_TGZ="$prev")
+  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-lamlr5e-2}" RV_TIMEOUT=1200); fi
+  echo "== curriculum step $((i + 1))/${#STEPS[@]}: ${env[*]}"
+  env "${env[@]}" bash docs/elasticity/device_run.sh
+  prev=$OUT/$v/backbone_$v.tgz
+  [ -f "$prev" ] || { echo "curriculum step $v left no $prev" >&2; exit 1; }
+done
