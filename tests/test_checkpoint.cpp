@@ -152,6 +152,7 @@ TEST(Checkpoint, RecomputedLayerHoldsWhatAKeptLayerHolds) {
   auto measure = [&](int64_t keep) {
     auto gen = router::routing_generator(3, 0, 0);
     auto ctx = training_context(pack, gen, true, keep);
+    ctx.measure_layer_activations = true;
     train_pass(m, ids, labels, ctx);
     return static_cast<double>(ctx.layer_activation_bytes);
   };

@@ -92,6 +92,7 @@ int cmd_bench_train(int argc, char** argv) {
   ELASTIC_CHECK(keep_layers >= 0 && keep_layers <= mc.num_layers,
                 "bench-train: --keep-layers must be auto or in [0, " << mc.num_layers << "], got " << keep_layers);
   result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
+  bool measure_layers = false;  // the --keep-layers auto step measures a layer's activations
   result["fa_backend"] = attention::full_attention_backend();
   for (int64_t T : sizes) {
     const auto lengths = mixed_lengths(T, mix);
@@ -116,6 +117,7 @@ int cmd_bench_train(int argc, char** argv) {
         ctx.checkpoint = !a.flag("no-checkpoint");
         ctx.offload_checkpoints = a.flag("offload");
         ctx.keep_layers = keep_layers;
+        ctx.measure_layer_activations = measure_layers;
         return ctx;
       };
       // A training pass, routed with Gumbel noise from `gen`.
@@ -147,7 +149,9 @@ int cmd_bench_train(int argc, char** argv) {
         // As the trainer does: one step, every layer recomputed, measures what a step needs.
         keep_layers = 0;
         const train::StepMemoryProbe probe(device);
+        measure_layers = true;
         train_step();
+        measure_layers = false;
         const auto sm = probe.finish(layer_bytes, T);
         keep_layers = sm.layers_that_fit(T, train::keep_layers_budget_bytes(device), mc.num_layers);
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;

@@ -119,9 +119,10 @@ torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardCon
 
 namespace {
 
-// A layer's forward with grad, recording the most any layer's activations held
+// A layer's forward with grad; when asked, records the most any layer's activations held
 // (ForwardContext::layer_activation_bytes; what keeping a layer costs).
 torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
+  if (!ctx.measure_layer_activations) return layer.forward_plain(x, ctx);
   const auto before = allocated_bytes(x.device());
   auto out = layer.forward_plain(x, ctx);
   ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(x.device()) - before);

@@ -39,9 +39,11 @@ struct ForwardContext {
   // Their forward runs once, with grad, and costs activation memory that grows with the pack;
   // the last layers are the ones kept because the backward frees them first.
   int64_t keep_layers = 0;
-  // Filled on a GPU: the most bytes one layer's activations held from its forward with grad to its
-  // backward, measured on the kept layers in the forward and on the recomputed ones in the backward
-  // (what keeping a layer costs; train/keep_layers.h).
+  // Set for the one step that plans train.keep_layers: auto (train/keep_layers.h); other steps skip
+  // the allocator reads around every layer. Then filled on a GPU: the most bytes one layer's
+  // activations held from its forward with grad to its backward, measured on the kept layers in the
+  // forward and on the recomputed ones in the backward (what keeping a layer costs).
+  bool measure_layer_activations = false;
   int64_t layer_activation_bytes = 0;
 
   // Filled by the forward pass, one entry per layer: FA weight s [B, Hkv] and router logits.

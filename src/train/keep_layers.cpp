@@ -10,9 +10,8 @@ namespace elastic::train {
 int64_t StepMemory::layers_that_fit(int64_t pack_tokens, double budget_bytes, int64_t num_layers) const {
   if (tokens <= 0 || layer_bytes <= 0 || pack_tokens <= 0) return 0;
   const double scale = static_cast<double>(pack_tokens) / static_cast<double>(tokens);
-  // The step's activation peak without kept layers, then one kept layer's bytes, at this pack.
-  const double activations =
-      std::max(0.0, peak_bytes - static_bytes - static_cast<double>(kept_layers) * layer_bytes) * scale;
+  // The step's activation peak (no layer kept), then one kept layer's bytes, at this pack.
+  const double activations = std::max(0.0, peak_bytes - static_bytes) * scale;
   const double per_layer = layer_bytes * scale;
   const double room = budget_bytes - static_bytes - activations;
   if (room <= 0) return 0;
@@ -25,7 +24,7 @@ StepMemoryProbe::StepMemoryProbe(torch::Device device) : device_(device) {
 }
 
 StepMemory StepMemoryProbe::finish(int64_t layer_bytes, int64_t tokens) const {
-  return StepMemory{static_bytes_, peak_memory_gb(device_) * 1e9, static_cast<double>(layer_bytes), tokens, 0};
+  return StepMemory{static_bytes_, peak_memory_gb(device_) * 1e9, static_cast<double>(layer_bytes), tokens};
 }
 
 double keep_layers_budget_bytes(torch::Device device) {

@@ -237,6 +237,7 @@ json Trainer::step() {
     std::optional<StepMemoryProbe> probe;
     if (keep_auto_ && !step_memory_ && steps_run_ > 0) probe.emplace(device_);
     ctx.keep_layers = probe ? 0 : keep_layers_for(b.pack.tokens());
+    ctx.measure_layer_activations = probe.has_value();
     last_keep = ctx.keep_layers;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
