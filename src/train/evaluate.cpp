@@ -43,8 +43,6 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     torch::Tensor fa;  // [L, Hkv] samples routed to FA, per head
   };
   std::map<int64_t, Acc> per_task;
-  auto fa_count = torch::zeros({L, H}, torch::kFloat64);
-  int64_t total_samples = 0;
   const int64_t n = opt.max_packs < 0 ? static_cast<int64_t>(ds.size()) : std::min<int64_t>(opt.max_packs, ds.size());
   Progress progress("eval", n);
   for (int64_t i = 0; i < n; ++i) {
@@ -73,7 +71,6 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     }
     auto hidden = m->forward_hidden(b.ids, ctx);
     auto dec = torch::stack(ctx.decisions, 0).to(torch::kCPU, torch::kFloat64);  // [L,B,H]
-    fa_count += dec.sum(1);
     auto omega = model_sparsity(ctx.decisions).to(torch::kCPU, torch::kFloat64);
     // Per-sample loss and exact-match accuracy over the labelled targets.
     auto is_target = b.labels.to(torch::kBool) & (b.pack.positions.to(torch::kCPU) > 0);
@@ -107,12 +104,11 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
       if (!acc.fa.defined()) acc.fa = torch::zeros({L, H}, torch::kFloat64);
       acc.fa += dec.select(1, s);
     }
-    total_samples += B;
     progress.update(i + 1, "");
   }
   progress.finish("");
   EvalResult r;
-  r.fa_frequency = fa_count / std::max<int64_t>(total_samples, 1);
+  auto fa_count = torch::zeros({L, H}, torch::kFloat64);  // over every task's samples
   Acc all;
   json tasks = json::object();
   for (const auto& [id, a] : per_task) {
@@ -129,7 +125,9 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
                    {"fa_frequency", matrix_to_json(r.task_fa_frequency[name])}};
     all.loss += a.loss, all.tokens += a.tokens, all.samples += a.samples, all.correct += a.correct;
     all.omega += a.omega, all.esr += a.esr;
+    fa_count += a.fa;
   }
+  r.fa_frequency = fa_count / std::max<int64_t>(all.samples, 1);
   r.summary = {{"samples", all.samples},
                {"lm_loss", all.tokens ? all.loss / all.tokens : 0.0},
                {"accuracy", all.samples ? static_cast<double>(all.correct) / all.samples : 0.0},
