@@ -14,7 +14,8 @@
 # exist (delete DIR to start over). Env: ELASTIC_BIN (default build/elastic), BB_SET / RT_SET (extra
 # --set overrides for the backbone / router runs, space separated), BB_STAGE1_STEPS (a first
 # backbone stage on retrieval + multihop alone; default 0 on the GPU, 4 in the smoke run), EL_SEED
-# (the initial backbone weights' seed, default 0), EL_N_EVAL (eval samples, GPU default 2000), BB_INIT
+# (the initial backbone weights' seed, default 0), EL_N_EVAL (eval samples, GPU default 2000), EL_N_TRAIN and
+# EL_N_ROUTER (backbone and router training samples, GPU defaults 60000 and 10000), BB_INIT
 # (a trained model directory the backbone stages continue from instead of the random init).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,7 +62,7 @@ else
   [ -n "${EL_DATA:-}" ] && DATA=($EL_DATA)
   # 400 eval samples a task: a standard error of about 2.5 points at 50% accuracy (100 gave 5, as
   # large as the differences the report has to tell apart).
-  N_TRAIN=60000 N_ROUTER=10000 N_EVAL=${EL_N_EVAL:-2000} N_SCORE=200
+  N_TRAIN=${EL_N_TRAIN:-60000} N_ROUTER=${EL_N_ROUTER:-10000} N_EVAL=${EL_N_EVAL:-2000} N_SCORE=200
   BB=() RT=()
 fi
 # shellcheck disable=SC2206

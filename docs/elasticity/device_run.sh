@@ -29,13 +29,14 @@ RANDOM_HEADS="--set train.routing=random --set train.random_streaming=0.5"
 RANDOM_QUARTER="--set train.routing=random --set train.random_streaming=0.25"
 # m (session 6): k at 512-1024-token contexts with SSA 16 + 64, the first step towards 1K-16K; n, o (session 7):
 # 1K-2K tokens with SSA 16 + 128, 2K-4K with 16 + 256. Both learn only as a curriculum: BB_INIT_TGZ from the previous length's backbone.
-declare -A LEN=([c]="--min-len 256 --max-len 512" [m]="--min-len 512 --max-len 1024" [n]="--min-len 1024 --max-len 2048" [o]="--min-len 2048 --max-len 4096")   # eval/router context lengths (default L1)
-declare -A TLEN=([c]="--min-len 64 --max-len 512" [m]="--min-len 64 --max-len 1024" [n]="--min-len 64 --max-len 2048" [o]="--min-len 64 --max-len 4096")   # backbone training lengths (default T1)
-declare -A SSA=([c]="--set ssa.sink=16 --set ssa.window=64" [m]="--set ssa.sink=16 --set ssa.window=64" [n]="--set ssa.sink=16 --set ssa.window=128" [o]="--set ssa.sink=16 --set ssa.window=256")  # default S1
+# p, q (session 8): 4K-8K tokens with SSA 16 + 512, 8K-16K with 16 + 1024, the same curriculum on from o.
+declare -A LEN=([c]="--min-len 256 --max-len 512" [m]="--min-len 512 --max-len 1024" [n]="--min-len 1024 --max-len 2048" [o]="--min-len 2048 --max-len 4096" [p]="--min-len 4096 --max-len 8192" [q]="--min-len 8192 --max-len 16384")   # eval/router context lengths (default L1)
+declare -A TLEN=([c]="--min-len 64 --max-len 512" [m]="--min-len 64 --max-len 1024" [n]="--min-len 64 --max-len 2048" [o]="--min-len 64 --max-len 4096" [p]="--min-len 64 --max-len 8192" [q]="--min-len 64 --max-len 16384")   # backbone training lengths (default T1)
+declare -A SSA=([c]="--set ssa.sink=16 --set ssa.window=64" [m]="--set ssa.sink=16 --set ssa.window=64" [n]="--set ssa.sink=16 --set ssa.window=128" [o]="--set ssa.sink=16 --set ssa.window=256" [p]="--set ssa.sink=16 --set ssa.window=512" [q]="--set ssa.sink=16 --set ssa.window=1024")  # default S1
 declare -A LABELS=([b]=all)                          # tools/elasticity.sh BB_LABELS (default predictable)
-declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768 [l]=32768 [m]=32768 [n]=32768 [o]=32768)  # default 8192
-declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2 [l]=2 [m]=2 [n]=2 [o]=2)  # default 0
-declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS" [l]="$RANDOM_QUARTER" [m]="$RANDOM_HEADS" [n]="$RANDOM_HEADS" [o]="$RANDOM_HEADS")  # more backbone --set (default none)
+declare -A PACK=([f]=32768 [g]=32768 [h]=32768 [i]=32768 [j]=32768 [k]=32768 [l]=32768 [m]=32768 [n]=32768 [o]=32768 [p]=32768 [q]=32768)  # default 8192
+declare -A SEED=([e]=1 [g]=1 [h]=2 [i]=3 [j]=1 [k]=2 [l]=2 [m]=2 [n]=2 [o]=2 [p]=2 [q]=2)  # default 0
+declare -A BBX=([j]="$RANDOM_HEADS" [k]="$RANDOM_HEADS" [l]="$RANDOM_QUARTER" [m]="$RANDOM_HEADS" [n]="$RANDOM_HEADS" [o]="$RANDOM_HEADS" [p]="$RANDOM_HEADS" [q]="$RANDOM_HEADS")  # more backbone --set (default none)
 D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 # Defaults: the session-4 recipe (run 4 of docs/elasticity.md, about 6 minutes on one H100).
 V=${V:-k}
