@@ -39,6 +39,7 @@ def main():
     ap.add_argument("--init-tgz")
     ap.add_argument("--init-variant")
     ap.add_argument("--routers-only", action="store_true", help="a BACKBONE_TGZ call: its backbone is already collected")
+    ap.add_argument("--router-name", default="base", help="name of the router of a call without RV (router_<name>/)")
     a = ap.parse_args()
     dest = Path(a.dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -47,12 +48,18 @@ def main():
         root = Path(tmp)
         if not a.routers_only:
             copy_backbone(root / a.variant, dest, "")
-        for r in sorted(root.glob(f"{a.variant}.*")):
-            out = dest / f"router_{r.name.split('.', 1)[1]}"
+        routers = [(r, r.name.split(".", 1)[1]) for r in sorted(root.glob(f"{a.variant}.*"))]
+        if (root / a.variant / "router").exists():  # a call without RV: the router is in the variant's directory
+            routers.append((root / a.variant, a.router_name))
+        for r, name in routers:
+            out = dest / f"router_{name}"
             out.mkdir(exist_ok=True)
             for f in ("results.md", "results.json", "mask.csv", "mask.scores.csv", "commands.txt"):
                 if (r / f).exists():
                     shutil.copy(r / f, out / f)
+            if (r / "pipeline.log").exists():  # without the progress lines
+                lines = (r / "pipeline.log").read_text().splitlines(keepends=True)
+                (out / "pipeline.log").write_text("".join(l for l in lines if " ETA " not in l))
             if (r / "router" / "metrics.jsonl").exists():
                 steps = sum(1 for _ in open(r / "router" / "metrics.jsonl"))
                 every = max(10, steps // 200 // 10 * 10)  # about 200 rows a run

@@ -4,7 +4,9 @@
 # BB_INIT_TGZ), then router, baselines and report at the last length. Session 7 ran the same steps as
 # separate device_run.sh calls, because a call on the device machine here is limited to 10 minutes; the
 # steps' device time adds up to about 20 minutes on an H100 (docs/elasticity.md, session 7). This chaining
-# script itself has not run as one command.
+# script itself has not run as one command. Session 8 went on to p (4K-8K) and q (8K-16K):
+# STEPS="k m n o p q" is that recipe, about 33 minutes of H100 time by its steps (p 291 s, q 349 s, then
+# 400 s of router, evaluations and mask at q).
 # Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=lamlr5e-2] bash docs/elasticity/curriculum_run.sh
 # Each step's files are in $OUT/<variant>/ (backbone_<variant>.tgz, logs, elasticity.tgz).
 set -euo pipefail
@@ -13,12 +15,16 @@ OUT=${OUT:-/tmp/elasticity-curriculum}
 read -r -a STEPS <<< "${STEPS:-k m n o}"
 # Five-task and first-stage (lookup) steps of each length, as run in session 7 (its step counts came from
 # BB_BUDGET and a noisy probe; fixing them makes the recipe repeatable). BB_BUDGET only caps them.
-declare -A STEPS_OF=([k]=4564 [m]=5831 [n]=4430 [o]=3277) STAGE1=([k]=2500 [m]=1500 [n]=1500 [o]=1500)
+declare -A STEPS_OF=([k]=4564 [m]=5831 [n]=4430 [o]=3277 [p]=4116 [q]=4132) STAGE1=([k]=2500 [m]=1500 [n]=1500 [o]=1500 [p]=1000 [q]=1000)
+# q's samples are 4x o's: fewer of them keep data generation and evaluation short (session 8's values).
+declare -A SIZES=([q]="EL_N_TRAIN=30000 EL_N_ROUTER=6000 EL_N_EVAL=1000")
 prev=
 for i in "${!STEPS[@]}"; do
   v=${STEPS[$i]}
   env=(V="$v" OUT="$OUT/$v" R="$OUT/work-$v" BB_BUDGET=600 BB_MAX_STEPS="${STEPS_OF[$v]:-4000}" BB_STAGE1_STEPS="${STAGE1[$v]:-1500}")
   [ -n "$prev" ] && env+=(BB_INIT_TGZ="$prev")
+  # shellcheck disable=SC2206
+  env+=(${SIZES[$v]:-})
   if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-lamlr5e-2}" RV_TIMEOUT=1200); fi
   echo "== curriculum step $((i + 1))/${#STEPS[@]}: ${env[*]}"
   env "${env[@]}" bash docs/elasticity/device_run.sh
