@@ -102,6 +102,32 @@ TEST(Schedules, TemperatureAndLearningRate) {
   EXPECT_NEAR(train::lr_at(100, 100, 1.0, 0.2, 0.1), 0.1, 1e-12);
 }
 
+TEST(Objective, SampledSparsityIsTheMeanOfGumbelSampledRouting) {
+  // Router logits of 3 layers, 4 samples, 2 KV heads, some sure and some unsure of their choice.
+  torch::manual_seed(3);
+  std::vector<torch::Tensor> z;
+  for (int l = 0; l < 3; ++l) z.push_back(torch::randn({4, 2, 2}, torch::kFloat64) * (l + 0.5));
+  auto expected = train::sampled_sparsity(z).to(torch::kFloat64);
+  // What training does: hard Gumbel-softmax samples at some τ, then Ω_MSR; averaged over draws.
+  const int draws = 20000;
+  auto sum = torch::zeros({4}, torch::kFloat64);
+  auto gen = router::routing_generator(7, 0, 0);
+  for (int i = 0; i < draws; ++i) {
+    std::vector<torch::Tensor> dec;
+    for (const auto& zl : z)
+      dec.push_back(router::fa_weight(router::gumbel_softmax_ste(zl, router::gumbel_noise(zl, gen), 0.7)));
+    sum += train::model_sparsity(dec).to(torch::kFloat64);
+  }
+  // Ω of one draw is a mean of 6 Bernoullis: the mean of 20,000 draws is within 0.01 at > 5 sigma.
+  EXPECT_LT((sum / draws - expected).abs().max().item<double>(), 0.01);
+  // Hard routing (argmax) differs where the router is unsure: here all heads at p(FA) = 0.6.
+  std::vector<torch::Tensor> unsure(2, torch::tensor({{{0.0, std::log(1.5)}}}, torch::kFloat64));
+  EXPECT_NEAR(train::sampled_sparsity(unsure).item<double>(), 0.4, 1e-6);  // computed in fp32
+  std::vector<torch::Tensor> hard;
+  for (const auto& zl : unsure) hard.push_back(router::hard_decision(zl));
+  EXPECT_DOUBLE_EQ(train::model_sparsity(hard).item<double>(), 0.0);
+}
+
 TEST(Objective, SparsityMeasuresOnHandMadeCases) {
   // Ω_MSR: fraction of streaming heads over layers and heads, per sample.
   std::vector<torch::Tensor> dec = {torch::tensor({{1., 0.}, {1., 1.}}), torch::tensor({{0., 0.}, {1., 0.}})};

@@ -238,6 +238,17 @@ TEST(TrainingRun, CliTrainThenEval) {
   }
   for (size_t l = 0; l < overall.size(); ++l)
     for (size_t h = 0; h < overall[l].size(); ++h) EXPECT_NEAR(weighted[l][h], overall[l][h], 1e-5) << l << "," << h;
+  // The router's evaluation also reports the Ω_MSR that Gumbel-sampled routing gives in expectation,
+  // per task and overall (the sample-weighted mean of the tasks').
+  ASSERT_TRUE(ev.contains("omega_msr_sampled"));
+  double sampled = 0.0;
+  for (auto& [task, t] : ev["tasks"].items()) {
+    ASSERT_TRUE(t.contains("omega_msr_sampled")) << task;
+    EXPECT_GT(t["omega_msr_sampled"].get<double>(), 0.0) << task;
+    EXPECT_LT(t["omega_msr_sampled"].get<double>(), 1.0) << task;
+    sampled += t["omega_msr_sampled"].get<double>() * t["samples"].get<double>() / ev["samples"].get<double>();
+  }
+  EXPECT_NEAR(sampled, ev["omega_msr_sampled"].get<double>(), 1e-9);
   // Bad config: unknown key with a suggestion, non-zero exit.
   EXPECT_NE(run_cmd(e + " train --set model.path=x --set data.path=y --set optim.lrr=1"), 0);
 }

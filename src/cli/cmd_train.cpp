@@ -31,21 +31,26 @@ void apply_log_level(const std::string& level) {
 }
 
 void print_task_table(const json& summary) {
+  // Router evaluations add the Ω_MSR that training-time (Gumbel-sampled) routing gives in expectation.
+  const bool sampled = summary.contains("omega_msr_sampled");
   std::cout << std::left << std::setw(16) << "task" << std::right << std::setw(8) << "samples" << std::setw(10)
             << "lm_loss" << std::setw(10) << "accuracy" << std::setw(10) << "Ω_MSR" << std::setw(10) << "Ω_ESR"
-            << std::setw(9) << "target" << "\n";
+            << std::setw(9) << "target" << (sampled ? "  Ω_MSR sampled" : "") << "\n";
   for (auto it = summary["tasks"].begin(); it != summary["tasks"].end(); ++it) {
     const auto& t = *it;
     std::cout << std::left << std::setw(16) << it.key() << std::right << std::setw(8) << t["samples"].get<int64_t>()
               << std::fixed << std::setprecision(4) << std::setw(10) << t["lm_loss"].get<double>() << std::setw(10)
               << t["accuracy"].get<double>() << std::setw(10) << t["omega_msr"].get<double>() << std::setw(10)
-              << t["omega_esr"].get<double>() << std::setw(9) << std::setprecision(2) << t["target"].get<double>()
-              << "\n";
+              << t["omega_esr"].get<double>() << std::setw(9) << std::setprecision(2) << t["target"].get<double>();
+    if (sampled) std::cout << std::setw(15) << std::setprecision(4) << t["omega_msr_sampled"].get<double>();
+    std::cout << "\n";
   }
   std::cout << std::left << std::setw(16) << "all" << std::right << std::setw(8) << summary["samples"].get<int64_t>()
             << std::setprecision(4) << std::setw(10) << summary["lm_loss"].get<double>() << std::setw(10)
             << summary["accuracy"].get<double>() << std::setw(10) << summary["omega_msr"].get<double>() << std::setw(10)
-            << summary["omega_esr"].get<double>() << "\n";
+            << summary["omega_esr"].get<double>();
+  if (sampled) std::cout << std::setw(9) << "" << std::setw(15) << summary["omega_msr_sampled"].get<double>();
+  std::cout << "\n";
 }
 
 }  // namespace

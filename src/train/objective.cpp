@@ -32,6 +32,13 @@ torch::Tensor model_sparsity(const std::vector<torch::Tensor>& decisions) {
   return 1.0 - s.mean(std::vector<int64_t>{0, 2});
 }
 
+torch::Tensor sampled_sparsity(const std::vector<torch::Tensor>& router_logits) {
+  ELASTIC_CHECK(!router_logits.empty(), "sampled_sparsity: no router logits recorded");
+  // argmax(z + g) is FA with probability softmax(z)[FA] (the Gumbel-max trick), whatever τ.
+  auto p_fa = torch::softmax(torch::stack(router_logits, 0).to(torch::kFloat32), -1).select(-1, 1);  // [L, B, H]
+  return 1.0 - p_fa.mean(std::vector<int64_t>{0, 2});
+}
+
 double effective_sparsity(int64_t n, int64_t sink, int64_t window, const torch::Tensor& decisions) {
   // Visible keys of a streaming head, summed over queries.
   int64_t ssa_pairs = 0;

@@ -25,6 +25,11 @@ LmLoss lm_loss(model::CausalLM& model, const torch::Tensor& hidden, const torch:
 // Ω_MSR per sample: 1 - mean over layers and KV heads of the FA weight s. [B]
 torch::Tensor model_sparsity(const std::vector<torch::Tensor>& decisions);
 
+// The Ω_MSR that training-time routing (Gumbel-softmax, any τ) gives each sample in expectation, from
+// the router logits z [B, Hkv, 2] of each layer: 1 - mean of softmax(z)[FA]. Hard routing (argmax)
+// reaches the same Ω only where the router is sure of its decisions. [B]
+torch::Tensor sampled_sparsity(const std::vector<torch::Tensor>& router_logits);
+
 // Ω_ESR of one sample: the fraction of causal (query, key) pairs skipped, given its length,
 // sink, window and its hard decisions [layers, kv_heads] (1 = FA).
 double effective_sparsity(int64_t length, int64_t sink, int64_t window, const torch::Tensor& decisions);
