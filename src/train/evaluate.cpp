@@ -37,6 +37,7 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
   torch::NoGradGuard ng;
   const auto device = m->options().device();
   const int64_t L = m->config().num_layers, H = m->config().num_kv_heads;
+  const bool routed = opt.routing == EvalRouting::router;  // the router decides: Ω sampled is reported too
   struct Acc {
     double loss = 0, omega = 0, esr = 0, omega_sampled = 0;
     int64_t tokens = 0, samples = 0, correct = 0;
@@ -72,7 +73,6 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     auto hidden = m->forward_hidden(b.ids, ctx);
     auto dec = torch::stack(ctx.decisions, 0).to(torch::kCPU, torch::kFloat64);  // [L,B,H]
     auto omega = model_sparsity(ctx.decisions).to(torch::kCPU, torch::kFloat64);
-    const bool routed = opt.routing == EvalRouting::router;
     auto omega_sampled = routed ? sampled_sparsity(ctx.router_logits).to(torch::kCPU, torch::kFloat64) : torch::Tensor();
     // Per-sample loss and exact-match accuracy over the labelled targets.
     auto is_target = b.labels.to(torch::kBool) & (b.pack.positions.to(torch::kCPU) > 0);
@@ -126,7 +126,7 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
                    {"omega_esr", a.esr / a.samples},
                    {"target", cfg.target_for(id)},
                    {"fa_frequency", matrix_to_json(r.task_fa_frequency[name])}};
-    if (opt.routing == EvalRouting::router) tasks[name]["omega_msr_sampled"] = a.omega_sampled / a.samples;
+    if (routed) tasks[name]["omega_msr_sampled"] = a.omega_sampled / a.samples;
     all.loss += a.loss, all.tokens += a.tokens, all.samples += a.samples, all.correct += a.correct;
     all.omega += a.omega, all.esr += a.esr, all.omega_sampled += a.omega_sampled;
     fa_count += a.fa;
@@ -138,7 +138,7 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
                {"omega_msr", all.samples ? all.omega / all.samples : 0.0},
                {"omega_esr", all.samples ? all.esr / all.samples : 0.0},
                {"tasks", tasks}};
-  if (opt.routing == EvalRouting::router && all.samples) r.summary["omega_msr_sampled"] = all.omega_sampled / all.samples;
+  if (routed && all.samples) r.summary["omega_msr_sampled"] = all.omega_sampled / all.samples;
   return r;
 }
 

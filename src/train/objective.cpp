@@ -34,9 +34,11 @@ torch::Tensor model_sparsity(const std::vector<torch::Tensor>& decisions) {
 
 torch::Tensor sampled_sparsity(const std::vector<torch::Tensor>& router_logits) {
   ELASTIC_CHECK(!router_logits.empty(), "sampled_sparsity: no router logits recorded");
-  // argmax(z + g) is FA with probability softmax(z)[FA] (the Gumbel-max trick), whatever τ.
-  auto p_fa = torch::softmax(torch::stack(router_logits, 0).to(torch::kFloat32), -1).select(-1, 1);  // [L, B, H]
-  return 1.0 - p_fa.mean(std::vector<int64_t>{0, 2});
+  // argmax(z + g) is FA with probability softmax(z)[FA] (the Gumbel-max trick), whatever τ: the
+  // expected decisions are those probabilities.
+  std::vector<torch::Tensor> p_fa;
+  for (const auto& z : router_logits) p_fa.push_back(torch::softmax(z.to(torch::kFloat32), -1).select(-1, 1));
+  return model_sparsity(p_fa);
 }
 
 double effective_sparsity(int64_t n, int64_t sink, int64_t window, const torch::Tensor& decisions) {
