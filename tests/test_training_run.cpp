@@ -249,6 +249,13 @@ TEST(TrainingRun, CliTrainThenEval) {
     sampled += t["omega_msr_sampled"].get<double>() * t["samples"].get<double>() / ev["samples"].get<double>();
   }
   EXPECT_NEAR(sampled, ev["omega_msr_sampled"].get<double>(), 1e-9);
+  // Off the GPU every evaluation is exact fp32, so --exact changes nothing.
+  EXPECT_EQ(ev["numerics"], "exact");
+  ASSERT_EQ(run_cmd(e + " eval " + d.str("run") + " --exact --out " + d.str("eval_exact")), 0);
+  auto ex = nlohmann::json::parse(io::read_file(d.str("eval_exact/eval.json")));
+  EXPECT_EQ(ex["numerics"], "exact");
+  EXPECT_EQ(ex["lm_loss"].get<double>(), ev["lm_loss"].get<double>());
+  EXPECT_EQ(ex["omega_msr"].get<double>(), ev["omega_msr"].get<double>());
   // Bad config: unknown key with a suggestion, non-zero exit.
   EXPECT_NE(run_cmd(e + " train --set model.path=x --set data.path=y --set optim.lrr=1"), 0);
 }

@@ -97,14 +97,15 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_eval(int argc, char** argv) {
-  Args a("eval", argc, argv, {"data", "routing", "out", "max-packs", "model", "mask", "set"}, {"help"});
+  Args a("eval", argc, argv, {"data", "routing", "out", "max-packs", "model", "mask", "set"}, {"help", "exact"});
   if (a.flag("help") || a.positional().size() != 1) {
     std::cout << "elastic eval RUN_DIR [--data PATH] [--routing router|full|streaming|fixed --mask MASK.csv]\n"
-                 "  [--model DIR] [--out DIR] [--max-packs N] [--set key=value]\n"
+                 "  [--model DIR] [--out DIR] [--max-packs N] [--set key=value] [--exact]\n"
                  "Hard routing (argmax) with the run's router; writes eval.json (per task: accuracy, loss, Ω and\n"
                  "how often each head is dense), fa_frequency.csv, fa_heatmap.svg and, for the router,\n"
                  "fa_heatmap_<task>.svg to --out (default RUN_DIR/eval). The model is --model, else the run's trained\n"
-                 "backbone RUN_DIR/model when the run trained one, else the run's model.path.\n";
+                 "backbone RUN_DIR/model when the run trained one, else the run's model.path. fp32 models on a GPU\n"
+                 "run as in training (TF32 matmuls, bf16 flash attention); --exact keeps them exact fp32.\n";
     return a.flag("help") ? 0 : 2;
   }
   const std::string run = a.positional()[0];
@@ -122,6 +123,9 @@ int cmd_eval(int argc, char** argv) {
   auto routing = train::parse_eval_routing(a.get("routing", "router"));
   auto device = model::parse_device(cfg.model_device, "model.device");
   auto dtype = model::resolve_dtype(cfg.model_dtype, device, "model.dtype");
+  // At 8K-16K tokens exact fp32 attention made one evaluation pass cost about four training steps.
+  const bool exact = a.flag("exact") || !device.is_cuda();
+  if (!exact) train::use_training_numerics(device);
   auto m = model::load_model(cfg.model_path, dtype, device);
   train::EvalOptions opt;
   opt.routing = routing;
@@ -157,6 +161,7 @@ int cmd_eval(int argc, char** argv) {
   fs::create_directories(out);
   r.summary["routing"] = a.get("routing", "router");
   r.summary["data"] = cfg.data_path;
+  r.summary["numerics"] = exact ? "exact" : "training";
   io::write_file_atomic((fs::path(out) / "eval.json").string(), r.summary.dump(2) + "\n");
   train::write_matrix_csv((fs::path(out) / "fa_frequency.csv").string(), r.fa_frequency, "layer", "kv_head");
   train::write_heatmap_svg((fs::path(out) / "fa_heatmap.svg").string(), r.fa_frequency,

@@ -35,6 +35,12 @@ extern "C" void on_stop_signal(int) { g_stop_requested = true; }
 
 }  // namespace
 
+void use_training_numerics(torch::Device device) {
+  if (!device.is_cuda()) return;
+  at::globalContext().setAllowTF32CuBLAS(true);
+  attention::set_fp32_attention_in_bf16(true);
+}
+
 std::vector<torch::Tensor> unfreeze(model::CausalLM& m, const std::vector<std::string>& patterns) {
   std::vector<torch::Tensor> out;
   for (const auto& pat : patterns) {
@@ -72,12 +78,8 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   }
   comm_ = comm ? comm : dist::Comm::world(device_, cfg.dist_timeout_s);
   log::set_rank(comm_->rank());
-  // fp32 weights on a GPU (backbones trained from scratch): TF32 tensor cores for the matmuls and
-  // bf16 flash attention. Forward-only commands (eval, forward, head-scores) stay exact fp32.
-  if (device_.is_cuda()) {
-    at::globalContext().setAllowTF32CuBLAS(true);
-    attention::set_fp32_attention_in_bf16(true);
-  }
+  // Forward and head-scores stay exact fp32 (golden checks); eval follows training unless --exact.
+  use_training_numerics(device_);
   dtype_ = model::resolve_dtype(cfg.model_dtype, device_, "model.dtype");
   auto ds = data::Dataset::open(cfg.data_path);
   model_ = model::load_model(cfg.model_path, dtype_, device_);

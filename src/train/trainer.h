@@ -73,4 +73,8 @@ class Trainer {
 // Unfreezes backbone parameters whose names match any regex; returns them (error if a pattern matches nothing).
 std::vector<torch::Tensor> unfreeze(model::CausalLM& model, const std::vector<std::string>& patterns);
 
+// fp32 weights on a GPU (backbones trained from scratch): TF32 tensor cores for the matmuls and bf16
+// flash attention, for training and for evaluating what was trained. Process-wide; a no-op off the GPU.
+void use_training_numerics(torch::Device device);
+
 }  // namespace elastic::train
