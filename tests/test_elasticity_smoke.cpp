@@ -2,6 +2,7 @@
 // end to end (tiny CPU run: data, backbone, router, baselines, report).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -66,6 +67,33 @@ TEST(Synthetic, RetrievalLayoutHasOneQueriedKeyAndItsValueAsAnswer) {
       EXPECT_EQ(planted, task == data::SyntheticTask::retrieval ? o.pairs * (1 + o.answer_len)
                                                                 : (o.pairs - 1) * (1 + o.answer_len) + 2);
     }
+  }
+}
+
+TEST(Synthetic, RecentCopyQuestionEndsWithCopyWhereALookupHoldsItsKey) {
+  data::SyntheticOptions o;
+  o.vocab = 256;
+  o.answer_len = 3;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const int64_t len = 100 + static_cast<int64_t>(seed);
+    auto s = data::make_synthetic_sample(data::SyntheticTask::recent_copy, len, o, seed);
+    auto l = data::make_synthetic_sample(data::SyntheticTask::retrieval, len, o, seed);
+    ASSERT_EQ(static_cast<int64_t>(s.tokens.size()), len);
+    const int64_t pe = s.prompt_end, A = o.answer_len;
+    ASSERT_EQ(static_cast<int64_t>(l.prompt_end), pe);  // same question block size as a lookup
+    // QUERY <A-1 filler> ANSWER COPY, then the A context tokens just before QUERY, then EOS.
+    EXPECT_EQ(s.tokens[pe - A - 2], data::kQuery);
+    EXPECT_EQ(s.tokens[pe - 2], data::kAnswer);
+    EXPECT_EQ(s.tokens[pe - 1], data::kCopy);
+    EXPECT_EQ(l.tokens[pe - 2], data::kAnswer);
+    EXPECT_NE(l.tokens[pe - 1], data::kCopy);
+    for (int64_t a = 0; a < A; ++a) {
+      EXPECT_EQ(s.tokens[pe + a], s.tokens[pe - A - 2 - A + a]);
+      EXPECT_EQ(s.labels[pe + a], 1);
+    }
+    EXPECT_EQ(s.tokens.back(), data::kEos);
+    // kCopy occurs nowhere else: the question alone names the task.
+    EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), data::kCopy), 1);
   }
 }
 

@@ -134,8 +134,9 @@ Sample make_synthetic_sample(SyntheticTask task, int64_t length, const Synthetic
       b.filler(body);
       answer.assign(b.t.end() - A, b.t.end());
       b.t.push_back(kQuery);
-      b.filler(A);  // the question block is noise of the same size as in the other tasks
+      b.filler(A - 1);
       b.t.push_back(kAnswer);
+      b.t.push_back(kCopy);  // where a lookup's question holds its key
       break;
     }
     case SyntheticTask::pattern: {

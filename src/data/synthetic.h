@@ -11,7 +11,20 @@
 namespace elastic::data {
 
 // Reserved token ids; content tokens come from [kFirstContent, vocab), split by token_ranges().
-enum SyntheticToken : int32_t { kPad = 0, kBos = 1, kEos = 2, kKey = 3, kVal = 4, kQuery = 5, kAnswer = 6, kFirstContent = 16 };
+// kCopy ends recent_copy's question where a lookup's question holds its key: a prompt that says
+// which task it is, as real prompts do ("repeat the last line"). With noise there instead (suites
+// before session 9) a recent_copy prompt differed from a lookup's in one pooled token of 32, and no
+// router told them apart (docs/elasticity.md, session 8).
+enum SyntheticToken : int32_t {
+  kPad = 0,
+  kBos = 1,
+  kEos = 2,
+  kKey = 3,
+  kQuery = 5,
+  kAnswer = 6,
+  kCopy = 7,
+  kFirstContent = 16
+};
 
 // Disjoint ranges of content tokens: keys [key_begin, value_begin), values [value_begin,
 // filler_begin), filler [filler_begin, vocab). Filler never contains a key or a value, so a
@@ -27,7 +40,7 @@ TokenRanges token_ranges(int64_t vocab);
 enum class SyntheticTask : int32_t {
   retrieval = 0,   // single_qa: the value of the queried key, planted far back among distractors (sensitive)
   multihop = 1,    // multihop_qa: KEY k' k then KEY k v..: the question gives k' (sensitive)
-  recent_copy = 2, // summarization slot: repeat the tokens just before the question (robust)
+  recent_copy = 2, // summarization slot: repeat the tokens just before `QUERY <A-1 filler> ANSWER COPY` (robust)
   pattern = 3,     // code slot: continue a periodic pattern of the recent text (robust)
   instruction = 4, // icl slot: answer the token given right after BOS (robust with a sink)
 };
