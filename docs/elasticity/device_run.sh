@@ -84,9 +84,14 @@ fi
 declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set train.steps=6000 --set optim.lr=1e-3"
   [long_tau05]="--set train.steps=6000 --set tau.max=1.0 --set tau.min=0.5"
   [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64"
-  [signed]="--set objective.form=signed" [lamlr5e-2]="--set optim.lambda_lr=5e-2")
+  [signed]="--set objective.form=signed" [lamlr5e-2]="--set optim.lambda_lr=5e-2"
+  [lamlr5e-2_lr2e-3]="--set optim.lambda_lr=5e-2 --set optim.lr=2e-3"
+  [lamlr5e-2_pool4]="--set optim.lambda_lr=5e-2 --set router.pool_tokens=4"
+  [lamlr5e-2_pool4_seed1]="--set optim.lambda_lr=5e-2 --set router.pool_tokens=4 --set train.seed=1")
 # Session 5's base and signed ran with λ lr 5e-2 (then the config's), its lamlr5e-3 and signed_lamlr5e-3
-# with 5e-3 (the config's since): each run's router.config.yaml has the exact values.
+# with 5e-3 (the config's from then to session 8): each run's router.config.yaml has the exact values.
+# Since session 9 the config has λ lr 5e-2 and pool_tokens 4, so base equals lamlr5e-2_pool4 (kept: the
+# session's runs carry that name).
 if [ -z "${RV:-}" ]; then
   RT_SET="--set train.steps=${RT_STEPS:-2000} ${SSA[$best]:-$S1} ${RT_EXTRA:-}" tools/elasticity.sh --out $R/$best --stages router,baselines,report > $OUT/pipeline.log 2>&1; el "pipeline rc $?"
   tail -20 $OUT/pipeline.log
