@@ -6,8 +6,10 @@
 # steps' device time adds up to about 20 minutes on an H100 (docs/elasticity.md, session 7). This chaining
 # script itself has not run as one command. Session 8 went on to p (4K-8K) and q (8K-16K):
 # STEPS="k m n o p q" is that recipe, about 33 minutes of H100 time by its steps (p 291 s, q 349 s, then
-# 400 s of router, evaluations and mask at q).
-# Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=lamlr5e-2] bash docs/elasticity/curriculum_run.sh
+# 400 s of router, evaluations and mask at q). Since session 9 the suite's recent_copy asks with COPY and the
+# router config pools 4 tokens with λ lr 5e-2 (RV=base is that): a run of this script from scratch would be the
+# first on the new suite (session 9's backbones continued session 7-8's). Evaluations now take seconds.
+# Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=base] bash docs/elasticity/curriculum_run.sh
 # Each step's files are in $OUT/<variant>/ (backbone_<variant>.tgz, logs, elasticity.tgz).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +27,7 @@ for i in "${!STEPS[@]}"; do
   [ -n "$prev" ] && env+=(BB_INIT_TGZ="$prev")
   # shellcheck disable=SC2206
   env+=(${SIZES[$v]:-})
-  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-lamlr5e-2}" RV_TIMEOUT=1200); fi
+  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-base}" RV_TIMEOUT=1200); fi
   echo "== curriculum step $((i + 1))/${#STEPS[@]}: ${env[*]}"
   env "${env[@]}" bash docs/elasticity/device_run.sh
   prev=$OUT/$v/backbone_$v.tgz
