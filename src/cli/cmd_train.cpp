@@ -161,7 +161,8 @@ int cmd_eval(int argc, char** argv) {
   fs::create_directories(out);
   r.summary["routing"] = a.get("routing", "router");
   r.summary["data"] = cfg.data_path;
-  r.summary["numerics"] = exact ? "exact" : "training";
+  // bf16 models run the same either way; the choice concerns fp32 ones.
+  if (dtype == torch::kFloat32) r.summary["numerics"] = exact ? "exact" : "training";
   io::write_file_atomic((fs::path(out) / "eval.json").string(), r.summary.dump(2) + "\n");
   train::write_matrix_csv((fs::path(out) / "fa_frequency.csv").string(), r.fa_frequency, "layer", "kv_head");
   train::write_heatmap_svg((fs::path(out) / "fa_heatmap.svg").string(), r.fa_frequency,
