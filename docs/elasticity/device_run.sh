@@ -42,6 +42,8 @@ D="--vocab 256 --answer-len 2 --pairs 4 --far-fraction 0.5 --pack-tokens 8192"
 V=${V:-k}
 export BB_STAGE1_STEPS=${BB_STAGE1_STEPS:-2500}
 el "data"
+# With BACKBONE_TGZ no backbone trains: a token training set instead of EL_N_TRAIN's default 60,000 samples.
+[ -n "${BACKBONE_TGZ:-}" ] && export EL_N_TRAIN=${EL_N_TRAIN:-100}
 for v in $V; do
   EL_SEED=${SEED[$v]:-0} BB_LABELS=${LABELS[$v]:-predictable} EL_MODEL="$MODEL" EL_DATA="$D ${LEN[$v]:-$L1} --pack-tokens ${PACK[$v]:-8192}" \
     EL_TRAIN_LEN="${TLEN[$v]:-$T1}" tools/elasticity.sh --out $R/$v --stages data > /tmp/data-$v.log 2>&1 &
