@@ -134,7 +134,7 @@ if has baselines; then
     run "$E" eval "$OUT/router" --data "$OUT/eval.bin" --routing $r --out "$OUT/eval/$r" > "$OUT/eval-$r.log" 2>&1 &
     pids+=($!)
   done
-  for i in 0 1 2; do wait "${pids[$i]}" || { echo "eval failed:" >&2; tail -5 "$OUT"/eval-*.log >&2; exit 1; }; done
+  for p in "${pids[@]}"; do wait "$p" || { echo "eval failed:" >&2; tail -5 "$OUT"/eval-*.log >&2; exit 1; }; done
   for r in router full streaming; do echo "-- $r"; tail -8 "$OUT/eval-$r.log"; done
   OMEGA=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['omega_msr'])" "$OUT/eval/router/eval.json")
   say "static retrieval-head mask at the router's average Ω_MSR $OMEGA"
