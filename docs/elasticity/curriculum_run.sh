@@ -11,6 +11,9 @@
 # first on the new suite (session 9's backbones continued session 7-8's). Evaluations now take seconds.
 # Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=base] bash docs/elasticity/curriculum_run.sh
 # Each step's files are in $OUT/<variant>/ (backbone_<variant>.tgz, logs, elasticity.tgz).
+# Split over several calls (a device call here lasts at most 10 minutes): INIT_TGZ=<the last step's
+# backbone_<variant>.tgz> starts the first of STEPS from it, and BB_ONLY=1 stops after the backbones,
+# e.g. STEPS=k BB_ONLY=1, then STEPS="m n" INIT_TGZ=.../backbone_k.tgz BB_ONLY=1, then STEPS=o INIT_TGZ=....
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/elasticity-curriculum}
@@ -20,14 +23,15 @@ read -r -a STEPS <<< "${STEPS:-k m n o}"
 declare -A STEPS_OF=([k]=4564 [m]=5831 [n]=4430 [o]=3277 [p]=4116 [q]=4132) STAGE1=([k]=2500 [m]=1500 [n]=1500 [o]=1500 [p]=1000 [q]=1000)
 # q's samples are 4x o's: fewer of them keep data generation and evaluation short (session 8's values).
 declare -A SIZES=([q]="EL_N_TRAIN=30000 EL_N_ROUTER=6000 EL_N_EVAL=1000")
-prev=
+prev=${INIT_TGZ:-}
+[ -z "$prev" ] || [ -f "$prev" ] || { echo "INIT_TGZ=$prev: no such file (expected a backbone_<variant>.tgz)" >&2; exit 1; }
 for i in "${!STEPS[@]}"; do
   v=${STEPS[$i]}
   env=(V="$v" OUT="$OUT/$v" R="$OUT/work-$v" BB_BUDGET=600 BB_MAX_STEPS="${STEPS_OF[$v]:-4000}" BB_STAGE1_STEPS="${STAGE1[$v]:-1500}")
   [ -n "$prev" ] && env+=(BB_INIT_TGZ="$prev")
   # shellcheck disable=SC2206
   env+=(${SIZES[$v]:-})
-  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-base}" RV_TIMEOUT=1200); fi
+  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ] || [ -n "${BB_ONLY:-}" ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-base}" RV_TIMEOUT=1200); fi
   echo "== curriculum step $((i + 1))/${#STEPS[@]}: ${env[*]}"
   env "${env[@]}" bash docs/elasticity/device_run.sh
   prev=$OUT/$v/backbone_$v.tgz

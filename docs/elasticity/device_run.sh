@@ -11,6 +11,7 @@
 # Two calls when one is too short: BB_ONLY=1 stops after the backbones and leaves the best one in
 # $OUT/backbone_<variant>.tgz; BACKBONE_TGZ=<that file> V=<variant> skips backbone training, and
 # BB_INIT_TGZ=<that file> trains the backbones on from it (e.g. variant k's, then V=m at 1K tokens).
+# BB_EXTRA: more backbone --set after the variant's (they win), e.g. "--set train.random_streaming=0.7".
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/elasticity-out}; mkdir -p "$OUT"
@@ -52,7 +53,7 @@ if [ -n "${BACKBONE_TGZ:-}" ]; then
   for v in $V; do tar -C $R/$v -xzf "$BACKBONE_TGZ"; done; best=${V%% *}; el "backbone from $BACKBONE_TGZ"
 else
 C=configs/elasticity-backbone.yaml
-for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda ${BBX[$v]:-} >/dev/null 2>&1 & done; wait
+for v in $V; do $E train $C --set model.path=$R/$v/init --set data.path=$R/$v/train.bin --set output.dir=$R/t$v --set train.steps=30 --set model.device=cuda ${BBX[$v]:-} ${BB_EXTRA:-} >/dev/null 2>&1 & done; wait
 # Steps that fit BB_BUDGET: the slowest variant's mean probe step, plus 25%. Up to session 7 this took the
 # slowest single step, 2-3x the typical one, and runs used 44-85% of their budget.
 ST=$(python3 -c "
@@ -63,7 +64,7 @@ N=$(python3 -c "print(min(${BB_MAX_STEPS:-20000},int(${BB_BUDGET:-180}/$ST)))");
 for v in $V; do
   # BB_INIT_TGZ: a backbone_<variant>.tgz of an earlier call to continue from (a curriculum).
   INIT=; if [ -n "${BB_INIT_TGZ:-}" ]; then mkdir -p $R/$v/bbinit && tar -C $R/$v/bbinit -xzf "$BB_INIT_TGZ" && INIT=$R/$v/bbinit/backbone/model; fi
-  BB_INIT=$INIT BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
+  BB_INIT=$INIT BB_SET="--set train.steps=$N --set train.backbone_lr=3e-3 ${BBX[$v]:-} ${BB_EXTRA:-}" tools/elasticity.sh --out $R/$v --stages backbone > $OUT/bb-$v.log 2>&1 &
 done
 wait; el "backbones done"
 best=a; bestacc=-1
