@@ -249,6 +249,23 @@ TEST(TrainingRun, CliTrainThenEval) {
     sampled += t["omega_msr_sampled"].get<double>() * t["samples"].get<double>() / ev["samples"].get<double>();
   }
   EXPECT_NEAR(sampled, ev["omega_msr_sampled"].get<double>(), 1e-9);
+  // by_dense_heads partitions each task's samples by their number of dense heads: counts add up to the
+  // task's, accuracies average to its accuracy, and the mean count is (1 − Ω_MSR)·L·H_kv.
+  const double heads = static_cast<double>(overall.size() * overall[0].size());
+  for (auto& [task, t] : ev["tasks"].items()) {
+    ASSERT_TRUE(t.contains("by_dense_heads")) << task;
+    double n = 0, correct = 0, dense = 0;
+    for (const auto& g : t["by_dense_heads"]) {
+      const auto k = g["dense_heads"].get<int64_t>(), s = g["samples"].get<int64_t>();
+      EXPECT_GE(k, 0) << task;
+      EXPECT_LE(k, heads) << task;
+      EXPECT_GT(s, 0) << task;
+      n += s, correct += s * g["accuracy"].get<double>(), dense += s * k;
+    }
+    EXPECT_EQ(n, t["samples"].get<double>()) << task;
+    EXPECT_NEAR(correct / n, t["accuracy"].get<double>(), 1e-9) << task;
+    EXPECT_NEAR(dense / n, (1.0 - t["omega_msr"].get<double>()) * heads, 1e-6) << task;
+  }
   // Off the GPU every evaluation is exact fp32, so --exact changes nothing.
   EXPECT_EQ(ev["numerics"], "exact");
   ASSERT_EQ(run_cmd(e + " eval " + d.str("run") + " --exact --out " + d.str("eval_exact")), 0);

@@ -1,5 +1,6 @@
 #include "train/evaluate.h"
 
+#include <cmath>
 #include <iomanip>
 #include <sstream>
 
@@ -42,6 +43,13 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     double loss = 0, omega = 0, esr = 0, omega_sampled = 0;
     int64_t tokens = 0, samples = 0, correct = 0;
     torch::Tensor fa;  // [L, Hkv] samples routed to FA, per head
+    // By the sample's number of dense heads: whether a task's losses come from the samples the router
+    // gives fewer heads (on a 16-head model, Ω 0.7 lies between 4 and 5 dense heads).
+    struct Group {
+      int64_t samples = 0, correct = 0, tokens = 0;
+      double loss = 0;
+    };
+    std::map<int64_t, Group> by_dense;
   };
   std::map<int64_t, Acc> per_task;
   const int64_t n = opt.max_packs < 0 ? static_cast<int64_t>(ds.size()) : std::min<int64_t>(opt.max_packs, ds.size());
@@ -106,6 +114,8 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
       acc.esr += effective_sparsity(b.pack.length(s), cfg.ssa_sink, cfg.ssa_window, dec.select(1, s));
       if (!acc.fa.defined()) acc.fa = torch::zeros({L, H}, torch::kFloat64);
       acc.fa += dec.select(1, s);
+      auto& g = acc.by_dense[std::llround(dec.select(1, s).sum().item<double>())];
+      g.samples += 1, g.correct += (tok_s[s] > 0 && wrong_s[s] == 0), g.loss += loss_s[s], g.tokens += tok_s[s];
     }
     progress.update(i + 1, "");
   }
@@ -126,7 +136,16 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
                    {"omega_esr", a.esr / a.samples},
                    {"target", cfg.target_for(id)},
                    {"fa_frequency", matrix_to_json(r.task_fa_frequency[name])}};
-    if (routed) tasks[name]["omega_msr_sampled"] = a.omega_sampled / a.samples;
+    if (routed) {
+      tasks[name]["omega_msr_sampled"] = a.omega_sampled / a.samples;
+      json groups = json::array();
+      for (const auto& [dense, g] : a.by_dense)
+        groups.push_back({{"dense_heads", dense},
+                          {"samples", g.samples},
+                          {"accuracy", static_cast<double>(g.correct) / g.samples},
+                          {"lm_loss", g.tokens ? g.loss / g.tokens : 0.0}});
+      tasks[name]["by_dense_heads"] = groups;
+    }
     all.loss += a.loss, all.tokens += a.tokens, all.samples += a.samples, all.correct += a.correct;
     all.omega += a.omega, all.esr += a.esr, all.omega_sampled += a.omega_sampled;
     fa_count += a.fa;

@@ -1,5 +1,6 @@
 // Evaluation with hard routing: per task LM loss, answer accuracy, Ω_MSR and Ω_ESR, and how
-// often each (layer, KV head) chooses full attention.
+// often each (layer, KV head) chooses full attention. With the router deciding, each task's summary also
+// splits its samples by how many heads they got dense (by_dense_heads: samples, accuracy, LM loss).
 #pragma once
 #include <torch/torch.h>
 
