@@ -177,13 +177,15 @@ lines = table("acc / Ω_MSR", "accuracy", "omega_msr") + [""] + table("LM loss /
 # Which heads the router keeps dense for each task (eval --routing router, fa_frequency per task).
 if "router" in ev and all("fa_frequency" in ev["router"]["tasks"][t] for t in tasks):
     # Ω sampled: what training-time (Gumbel) routing gives in expectation; far from the hard Ω where the router is unsure.
-    lines += ["", "| task | router Ω_MSR (hard / sampled) | heads on full attention in ≥ 10% of its samples (layer.KV head: share) |", "|---|---|---|"]
+    # By dense heads: a task's accuracy on the samples that got k dense heads (k: n samples, accuracy).
+    lines += ["", "| task | router Ω_MSR (hard / sampled) | heads on full attention in ≥ 10% of its samples (layer.KV head: share) | accuracy by dense heads (k: samples, acc) |", "|---|---|---|---|"]
     for t in tasks:
         d = ev["router"]["tasks"][t]
         heads = [(f, l, h) for l, row in enumerate(d["fa_frequency"]) for h, f in enumerate(row) if f >= 0.1]
         cells = ", ".join(f"{l}.{h}: {f:.2f}" for f, l, h in sorted(heads, reverse=True)) or "none"
         sampled = f"{d['omega_msr_sampled']:.3f}" if "omega_msr_sampled" in d else "-"
-        lines.append(f"| {t} | {d['omega_msr']:.3f} / {sampled} | {cells} |")
+        groups = "; ".join(f"{g['dense_heads']}: {g['samples']}, {g['accuracy']:.3f}" for g in d.get("by_dense_heads", [])) or "-"
+        lines.append(f"| {t} | {d['omega_msr']:.3f} / {sampled} | {cells} | {groups} |")
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
