@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
-# Session 7's short-to-long curriculum as one command on one GPU: backbone k (128-256-token contexts),
-# then m (512-1K), n (1K-2K) and o (2K-4K), each continuing from the one before (device_run.sh
-# BB_INIT_TGZ), then router, baselines and report at the last length. Session 7 ran the same steps as
-# separate device_run.sh calls, because a call on the device machine here is limited to 10 minutes; the
-# steps' device time adds up to about 20 minutes on an H100 (docs/elasticity.md, session 7). This chaining
-# script itself has not run as one command. Session 8 went on to p (4K-8K) and q (8K-16K):
-# STEPS="k m n o p q" is that recipe, about 33 minutes of H100 time by its steps (p 291 s, q 349 s, then
-# 400 s of router, evaluations and mask at q). Since session 9 the suite's recent_copy asks with COPY and the
-# router config pools 4 tokens with λ lr 5e-2 (RV=base is that): a run of this script from scratch would be the
-# first on the new suite (session 9's backbones continued session 7-8's). Evaluations now take seconds.
+# The short-to-long curriculum on one GPU: backbone k (128-256-token contexts), then m (512-1K), n (1K-2K)
+# and o (2K-4K), each continuing from the one before (device_run.sh BB_INIT_TGZ), then router, baselines and
+# report at the last length. Session 10 ran it from random weights on the current suite, split over three
+# device calls (a call here lasts at most 10 minutes; see below): 19 minutes of H100 time plus the build, with
+# backbone lookups at 0.97-0.99 from 512 to 4K tokens (docs/elasticity.md, session 10). STEPS="k m n o p q"
+# goes on to 4K-8K and 8K-16K (session 10 ran p: 226 s; session 8's q took 349 s).
 # Usage (repo root): OUT=/some/dir [STEPS="k m n o"] [RV=base] bash docs/elasticity/curriculum_run.sh
 # Each step's files are in $OUT/<variant>/ (backbone_<variant>.tgz, logs, elasticity.tgz).
 # Split over several calls (a device call here lasts at most 10 minutes): INIT_TGZ=<the last step's
@@ -31,7 +27,7 @@ for i in "${!STEPS[@]}"; do
   [ -n "$prev" ] && env+=(BB_INIT_TGZ="$prev")
   # shellcheck disable=SC2206
   env+=(${SIZES[$v]:-})
-  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ] || [ -n "${BB_ONLY:-}" ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-base}" RV_TIMEOUT=1200); fi
+  if [ "$i" -lt $(( ${#STEPS[@]} - 1 )) ] || [ -n "${BB_ONLY:-}" ]; then env+=(BB_ONLY=1); else env+=(RV="${RV:-base}" RV_TIMEOUT="${RV_TIMEOUT:-1200}"); fi
   echo "== curriculum step $((i + 1))/${#STEPS[@]}: ${env[*]}"
   env "${env[@]}" bash docs/elasticity/device_run.sh
   prev=$OUT/$v/backbone_$v.tgz
