@@ -7,7 +7,8 @@
 Writes DIR/omega_per_task.FMT (Ω_MSR per task over steps, with each task's target as a dashed line),
 DIR/lambda_per_task.FMT (λ1 and λ2 per task), DIR/lm_loss.FMT (LM loss of the router run, and of the
 backbone run when --backbone is given), and with --eval-dir DIR/accuracy_by_method.FMT (per-task accuracy
-of each eval/<method>/eval.json). Needs matplotlib.
+of each eval/<method>/eval.json) and DIR/accuracy_by_dense_heads.FMT (each task's accuracy over its samples'
+number of dense heads, from eval/router/eval.json). Needs matplotlib.
 """
 import argparse
 import json
@@ -119,6 +120,21 @@ def main():
             ax.set_ylim(0, 1.05)
             ax.legend(fontsize=8)
             save(fig, "accuracy_by_method")
+        # Where a routed task loses accuracy: its samples grouped by how many heads the router kept dense.
+        groups = {t: d["by_dense_heads"] for t, d in ev.get("router", {}).get("tasks", {}).items() if d.get("by_dense_heads")}
+        if groups:
+            fig, ax = plt.subplots(figsize=(8, 4))
+            for t, gs in groups.items():
+                ks = [g["dense_heads"] for g in gs]
+                ax.plot(ks, [g["accuracy"] for g in gs], marker="o", label=t)
+                for g in gs:
+                    ax.annotate(str(g["samples"]), (g["dense_heads"], g["accuracy"]), fontsize=6,
+                                textcoords="offset points", xytext=(3, 3))
+            ax.set_xlabel("heads on full attention in the sample (router, hard routing)")
+            ax.set_ylabel("exact-match accuracy (labels: samples)")
+            ax.set_ylim(0, 1.05)
+            ax.legend(fontsize=8)
+            save(fig, "accuracy_by_dense_heads")
     print("written: " + ", ".join(written))
 
 
