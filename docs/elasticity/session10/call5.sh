@@ -16,7 +16,7 @@ PIDS=()
 for v in o p; do
   rv=$([ $v = o ] && echo "$RVO" || echo "$RVP")
   [ -n "$rv" ] || continue
-  OUT=$W/$v R=$W/r$v V=$v BACKBONE_TGZ=out/backbone_${v}_s10.tgz BB_STAGE1_STEPS=0 EL_N_TRAIN=100 EL_N_EVAL=2000 \
+  OUT=$W/$v R=$W/r$v V=$v BACKBONE_TGZ=out/backbone_${v}_s10.tgz BB_STAGE1_STEPS=0 EL_N_TRAIN=100 EL_N_EVAL=${EL_N_EVAL:-2000} \
     RT_STEPS=${RT_STEPS:-2000} RV="$rv" RV_TIMEOUT=${RV_TIMEOUT:-420} bash docs/elasticity/device_run.sh > $W/$v.log 2>&1 &
   PIDS+=($!)
 done
