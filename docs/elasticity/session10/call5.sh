@@ -5,6 +5,9 @@
 #  - p (4K-8K, call 4): RVP (default base lamlr5e-2_pool4_seed1: the config's, two seeds).
 # Needs out/backbone_o_s10.tgz and out/backbone_p_s10.tgz (carried). Returns router_o.tgz, router_p.tgz
 # and call.log. Four routers side by side: allow about 8 minutes (RV_TIMEOUT).
+# Dry run on the CPU (build-gpu -> build, EL_DEVICE=cpu EL_N_EVAL=20 EL_N_ROUTER=200 RT_STEPS=3): the four
+# routers trained with their targets (0.6875 in t06875's config) and evaluated; the mask stage's head-scores
+# (200 samples, exact fp32) outlasted RV_TIMEOUT=800 there.
 set -uo pipefail
 cd "$(dirname "$0")/../../.." || exit 1
 W=/tmp/s10c5; rm -rf $W; mkdir -p $W
