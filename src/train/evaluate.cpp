@@ -43,8 +43,8 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     double loss = 0, omega = 0, esr = 0, omega_sampled = 0;
     int64_t tokens = 0, samples = 0, correct = 0;
     torch::Tensor fa;  // [L, Hkv] samples routed to FA, per head
-    // By the sample's number of dense heads: whether a task's losses come from the samples the router
-    // gives fewer heads (on a 16-head model, Ω 0.7 lies between 4 and 5 dense heads).
+    // Routed only, by the sample's number of dense heads: whether a task's losses come from the
+    // samples the router gives fewer heads.
     struct Group {
       int64_t samples = 0, correct = 0, tokens = 0;
       double loss = 0;
@@ -105,17 +105,22 @@ EvalResult evaluate(model::CausalLM& m, const data::Dataset& ds, const TrainConf
     }
     for (int64_t s = 0; s < B; ++s) {
       auto& acc = per_task[b.tasks[s]];
+      const bool ok = tok_s[s] > 0 && wrong_s[s] == 0;
+      const double om = omega[s].item<double>();
+      const auto dec_s = dec.select(1, s);
       acc.loss += loss_s[s];
       acc.tokens += tok_s[s];
       acc.samples += 1;
-      acc.correct += (tok_s[s] > 0 && wrong_s[s] == 0);
-      acc.omega += omega[s].item<double>();
-      if (routed) acc.omega_sampled += omega_sampled[s].item<double>();
-      acc.esr += effective_sparsity(b.pack.length(s), cfg.ssa_sink, cfg.ssa_window, dec.select(1, s));
+      acc.correct += ok;
+      acc.omega += om;
+      acc.esr += effective_sparsity(b.pack.length(s), cfg.ssa_sink, cfg.ssa_window, dec_s);
       if (!acc.fa.defined()) acc.fa = torch::zeros({L, H}, torch::kFloat64);
-      acc.fa += dec.select(1, s);
-      auto& g = acc.by_dense[std::llround(dec.select(1, s).sum().item<double>())];
-      g.samples += 1, g.correct += (tok_s[s] > 0 && wrong_s[s] == 0), g.loss += loss_s[s], g.tokens += tok_s[s];
+      acc.fa += dec_s;
+      if (routed) {
+        acc.omega_sampled += omega_sampled[s].item<double>();
+        auto& g = acc.by_dense[std::llround((1.0 - om) * L * H)];  // Ω_MSR is the SSA share of L·H heads
+        g.samples += 1, g.correct += ok, g.loss += loss_s[s], g.tokens += tok_s[s];
+      }
     }
     progress.update(i + 1, "");
   }
