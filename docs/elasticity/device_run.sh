@@ -98,6 +98,8 @@ declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set tr
   [t06875_long]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set train.steps=5000"
   [t0625]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625"
   [t0625_seed1]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set train.seed=1"
+  [t0625_seed2]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set train.seed=2"
+  [t0625_tau05]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set tau.max=1.0 --set tau.min=0.5"
   [t06875_tau05]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set tau.max=1.0 --set tau.min=0.5"
   [t06875_lr1e3]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set optim.lr=1e-3")
 # t06875 (session 10): the lookups' target at exactly 5 dense heads of 16, where 0.7 lies between 5 and 4.
