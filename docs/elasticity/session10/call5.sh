@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 10, device call 5 (prepared, not yet run: the session's device time ran out): router variants
+# Session 10, device call 5 (prepared; session 11 ran it five times with RVO/RVP set, one backbone a call,
+# docs/elasticity/session11/commands.txt): router variants
 # side by side on session 10's backbones, RT_STEPS steps each, with baselines and report:
 #  - o (2K-4K, call 3): RVO (default t06875 t06875_seed1: the lookups' target at five heads of 16);
 #  - p (4K-8K, call 4): RVP (default base lamlr5e-2_pool4_seed1: the config's, two seeds).
