@@ -277,6 +277,52 @@ TEST(TrainingRun, CliTrainThenEval) {
   EXPECT_NE(run_cmd(e + " train --set model.path=x --set data.path=y --set optim.lrr=1"), 0);
 }
 
+// bench-prefill --router: the exported router decides (its time counts, Ω is measured) and its S, W
+// are the defaults. Routers whose last layer always picks one branch make the expected Ω exact.
+TEST(TrainingRun, BenchPrefillUsesTheExportedRouter) {
+  TempDir d;
+  tiny_setup(d, 1);
+  const std::string e = ELASTIC_BINARY;
+  ASSERT_EQ(run_cmd(e + " train --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
+                    " --set output.dir=" + d.str("run") + " --set train.steps=1 --set ssa.window=16 --set ssa.sink=4" +
+                    " --set model.device=cpu"),
+            0);
+  ASSERT_EQ(run_cmd(e + " export " + d.str("run") + " --out " + d.str("exported")), 0);
+  auto src = io::SafetensorsFile::open(d.str("exported/router.safetensors"));
+  for (const bool fa : {true, false}) {
+    const std::string dir = d.str(fa ? "router_fa" : "router_ssa");
+    fs::create_directories(dir);
+    fs::copy_file(d.str("exported/router.json"), dir + "/router.json");
+    std::vector<std::pair<std::string, torch::Tensor>> ts;
+    for (const auto& t : src->tensors()) {
+      auto v = src->get(t.name).clone();
+      const bool last = t.name.find("cls_router_head_agnostic.4.") != std::string::npos;
+      if (last && t.name.find("weight") != std::string::npos) v.zero_();
+      if (last && t.name.find("bias") != std::string::npos) v = fa ? torch::tensor({-10.0f, 10.0f}) : torch::tensor({10.0f, -10.0f});
+      ts.emplace_back(t.name, v);
+    }
+    io::save_safetensors(dir + "/router.safetensors", ts);
+    const std::string out = dir + "/bench.json";
+    ASSERT_EQ(run_cmd(e + " bench-prefill --model " + d.str("model") + " --router " + dir +
+                      " --tokens 40,72 --repeat 1 --device cpu --out " + out),
+              0);
+    auto j = nlohmann::json::parse(io::read_file(out));
+    EXPECT_EQ(j["router"].get<std::string>(), dir);
+    EXPECT_EQ(j["sink"].get<int64_t>(), 4);
+    EXPECT_EQ(j["window"].get<int64_t>(), 16);
+    EXPECT_FALSE(j.contains("omega_msr"));  // a fixed mask's; here each run measures its own
+    ASSERT_EQ(j["runs"].size(), 2u);
+    for (const auto& r : j["runs"]) {
+      EXPECT_DOUBLE_EQ(r["omega_msr"].get<double>(), fa ? 0.0 : 1.0);
+      EXPECT_DOUBLE_EQ(r["layer0_streaming_heads"].get<double>(), fa ? 0.0 : 2.0);
+      EXPECT_GT(r["routed_ms"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_NE(run_cmd(e + " bench-prefill --model " + d.str("model") + " --router " + d.str("router_fa") +
+                    " --omega 0.5 --tokens 40 --device cpu"),
+            0);
+}
+
 TEST(TrainingRun, TwoMpiRanksEqualOneRankWithTheSameGlobalBatch) {
   if (run_cmd("command -v mpirun") != 0) GTEST_SKIP() << "mpirun not installed";
   TempDir d;

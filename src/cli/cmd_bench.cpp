@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
+#include "train/export.h"
 #include "train/keep_layers.h"
 #include "train/objective.h"
 #include "util/error.h"
@@ -263,13 +264,15 @@ int cmd_bench_train(int argc, char** argv) {
 }
 
 int cmd_bench_prefill(int argc, char** argv) {
-  Args a("bench-prefill", argc, argv, {"model", "tokens", "omega", "sink", "window", "dtype", "device", "repeat", "out"},
-         {"help", "profile"});
+  Args a("bench-prefill", argc, argv,
+         {"model", "router", "tokens", "omega", "sink", "window", "dtype", "device", "repeat", "out"}, {"help", "profile"});
   if (a.flag("help")) {
-    std::cout << "elastic bench-prefill --model DIR [--tokens 32768,65536,131072 --omega 0.7 --sink 128 --window 2048\n"
-                 "  --repeat 3 --profile --out result.json]\n"
-                 "Prefill (forward, last-token logits) with full attention vs routed hybrid attention where a\n"
-                 "fraction --omega of the (layer, KV head) pairs stream; each head runs only its branch.\n"
+    std::cout << "elastic bench-prefill --model DIR [--router EXPORTED_DIR | --omega 0.7] [--tokens 32768,65536,131072\n"
+                 "  --sink 128 --window 2048 --repeat 3 --profile --out result.json]\n"
+                 "Prefill (forward, last-token logits) with full attention vs routed hybrid attention, each head\n"
+                 "running only its branch. --router: an exported router (elastic export) decides, per input, with\n"
+                 "argmax; its time counts, Ω_MSR is the measured one and S, W default to the router's. Otherwise a\n"
+                 "fixed random mask streams a fraction --omega of the (layer, KV head) pairs.\n"
                  "--profile: device time by kernel of layer 0's attention, full and routed.\n";
     return 0;
   }
@@ -277,54 +280,71 @@ int cmd_bench_prefill(int argc, char** argv) {
   auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   auto m = model::load_model(a.require("model"), dtype, device);
   const auto& mc = m->config();
+  const bool use_router = a.has("router");
+  ELASTIC_CHECK(!(use_router && a.has("omega")), "bench-prefill: --omega is for the fixed mask; with --router Ω is measured");
+  int64_t sink = 128, window = 2048;
+  if (use_router) {
+    const auto manifest = train::attach_exported_router(m, a.get("router", ""));
+    sink = manifest["ssa"]["sink_size"].get<int64_t>();
+    window = manifest["ssa"]["local_window_size"].get<int64_t>();
+  }
+  const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", sink), a.get_int("window", window));
   const double omega = a.get_double("omega", 0.7);
-  const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", 128), a.get_int("window", 2048));
   const int reps = static_cast<int>(a.get_int("repeat", 3));
   torch::manual_seed(0);
-  // A fixed routing mask at the requested sparsity: exactly round(omega * L * H) streaming heads.
+  // The fixed mask: exactly round(omega * L * H) streaming heads.
   const int64_t L = mc.num_layers, H = mc.num_kv_heads, n_ssa = std::llround(omega * L * H);
   auto mask = torch::ones({L * H});
   mask.index_put_({torch::randperm(L * H).narrow(0, 0, n_ssa)}, 0.0);
   mask = mask.view({L, H});
   Timer timer{device};
-  json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"omega_msr", double(n_ssa) / (L * H)},
-                 {"sink", ssa.sink}, {"window", ssa.window}, {"dtype", c10::toString(dtype)}, {"runs", json::array()}};
+  json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"sink", ssa.sink},
+                 {"window", ssa.window}, {"dtype", c10::toString(dtype)}, {"runs", json::array()}};
+  if (use_router) result["router"] = a.get("router", "");
+  else result["omega_msr"] = double(n_ssa) / (L * H);
   const auto sizes = a.get_int_list("tokens", "32768,65536,131072");
   torch::NoGradGuard ng;
   for (int64_t T : sizes) {
     auto pack = attention::Packing::from_lengths({T}, device);
     auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
+    std::vector<torch::Tensor> decisions;  // the last routed prefill's, per layer [1, H]
     auto prefill = [&](bool routed) {
       model::ForwardContext ctx;
       ctx.pack = &pack;
       ctx.ssa = ssa;
-      if (routed) {
+      if (routed && use_router) {
+        ctx.mode = model::RoutingMode::eval;
+        ctx.prompts = {router::PromptRange{0, T}};
+      } else if (routed) {
         ctx.mode = model::RoutingMode::fixed;
         ctx.fixed_decisions = [&](int64_t l) { return mask[l].unsqueeze(0); };
       }
       auto h = m->forward_hidden(ids, ctx);
       m->logits(h.narrow(0, T - 1, 1));
+      if (routed) decisions = std::move(ctx.decisions);
     };
     const double full_ms = timer.median_ms([&] { prefill(false); }, reps);
     const double routed_ms = timer.median_ms([&] { prefill(true); }, reps);
+    const double run_omega = train::model_sparsity(decisions)[0].item<double>();
     auto o = torch::TensorOptions().dtype(dtype).device(device);
     auto q = torch::randn({T, mc.num_heads, mc.head_dim}, o), k = torch::randn({T, H, mc.head_dim}, o),
          v = torch::randn({T, H, mc.head_dim}, o);
     const double sc = 1.0 / std::sqrt(static_cast<double>(mc.head_dim));
-    auto s_layer = mask[0].unsqueeze(0).to(device);
+    auto s_layer = decisions[0].to(device, torch::kFloat32);
     const double attn_full = timer.median_ms([&] { attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }, reps);
     const double attn_routed = timer.median_ms([&] { attention::hybrid_attention(q, k, v, s_layer, pack, ssa, sc); }, reps);
     json run = {{"tokens", T}, {"full_ms", full_ms}, {"routed_ms", routed_ms}, {"speedup", full_ms / routed_ms},
-                {"layer0_attention_full_ms", attn_full}, {"layer0_attention_routed_ms", attn_routed},
-                {"layer0_streaming_heads", (1 - mask[0]).sum().item<double>()}, {"peak_memory_gb", peak_memory_gb(device)}};
+                {"omega_msr", run_omega}, {"layer0_attention_full_ms", attn_full},
+                {"layer0_attention_routed_ms", attn_routed},
+                {"layer0_streaming_heads", (1 - s_layer).sum().item<double>()}, {"peak_memory_gb", peak_memory_gb(device)}};
     if (a.flag("profile")) {
       run["layer0_full_profile"] = profile_json(util::profile_kernels(
           [&] { attention::attention_forward(q, k, v, pack, attention::MaskSpec::causal(), sc); }));
       run["layer0_routed_profile"] =
           profile_json(util::profile_kernels([&] { attention::hybrid_attention(q, k, v, s_layer, pack, ssa, sc); }));
     }
-    LOG_INFO("prefill T=" << T << ": full " << full_ms << " ms, routed " << routed_ms << " ms, speed-up x"
-                          << full_ms / routed_ms);
+    LOG_INFO("prefill T=" << T << ": full " << full_ms << " ms, routed " << routed_ms << " ms (Ω_MSR " << run_omega
+                          << "), speed-up x" << full_ms / routed_ms);
     result["runs"].push_back(run);
   }
   if (a.has("out")) io::write_file_atomic(a.get("out", ""), result.dump(2) + "\n");

@@ -85,14 +85,7 @@ int cmd_inspect(int argc, char** argv) {
   auto dtype = model::resolve_dtype(a.get("dtype", "auto"), device, "--dtype");
   const std::string router_dir = a.require("router");
   auto m = model::load_model(a.require("model"), dtype, device);
-  auto manifest = train::read_manifest(router_dir, m->config());
-  router::RouterOptions ro;
-  ro.head_dim = m->config().head_dim;
-  ro.hidden_mult = manifest["router"]["hidden_multiplier"].get<int64_t>();
-  ro.pooling = router::parse_pooling(manifest["router"]["pooling_mode"].get<std::string>(), "router.json pooling_mode");
-  ro.pool_tokens = manifest["router"]["pool_tokens"].get<int64_t>();
-  m->attach_routers(ro);
-  train::load_router_weights(m, (fs::path(router_dir) / "router.safetensors").string());
+  auto manifest = train::attach_exported_router(m, router_dir);
   data::Batch b;
   if (a.has("data")) {
     auto ds = data::Dataset::open(a.get("data", ""));

@@ -86,4 +86,17 @@ nlohmann::json read_manifest(const std::string& dir, const model::ModelConfig& m
   return j;
 }
 
+nlohmann::json attach_exported_router(model::CausalLM& m, const std::string& dir) {
+  auto manifest = read_manifest(dir, m->config());
+  const auto where = (fs::path(dir) / "router.json").string();
+  router::RouterOptions ro;
+  ro.head_dim = m->config().head_dim;
+  ro.hidden_mult = manifest["router"]["hidden_multiplier"].get<int64_t>();
+  ro.pooling = router::parse_pooling(manifest["router"]["pooling_mode"].get<std::string>(), where + " pooling_mode");
+  ro.pool_tokens = manifest["router"]["pool_tokens"].get<int64_t>();
+  m->attach_routers(ro);
+  load_router_weights(m, (fs::path(dir) / "router.safetensors").string());
+  return manifest;
+}
+
 }  // namespace elastic::train

@@ -20,5 +20,8 @@ void export_router(const model::CausalLM& model, const nlohmann::json& manifest,
 void load_router_weights(model::CausalLM& model, const std::string& router_file);
 // Reads router.json; checks it against the model it will be attached to.
 nlohmann::json read_manifest(const std::string& dir, const model::ModelConfig& cfg);
+// An exported router directory (router.json + router.safetensors) attached to a model: its options
+// from the manifest, its weights loaded. Returns the manifest (its "ssa" holds the router's S and W).
+nlohmann::json attach_exported_router(model::CausalLM& model, const std::string& dir);
 
 }  // namespace elastic::train
