@@ -75,6 +75,13 @@ torch::Tensor router_tensor(const std::string& run, const std::string& name) {
 
 int run_cmd(const std::string& cmd) { return std::system((cmd + " > /dev/null 2>&1").c_str()); }
 
+// `elastic train` on tiny_setup's model and data into DIR/run, with S 4 and W 16.
+int train_cli(const TempDir& d, int steps) {
+  return run_cmd(std::string(ELASTIC_BINARY) + " train --set model.path=" + d.str("model") + " --set data.path=" +
+                 d.str("data.bin") + " --set output.dir=" + d.str("run") + " --set train.steps=" + std::to_string(steps) +
+                 " --set ssa.window=16 --set ssa.sink=4 --set model.device=cpu");
+}
+
 }  // namespace
 
 TEST(TrainingRun, ResumeIsBitwiseExact) {
@@ -195,10 +202,7 @@ TEST(TrainingRun, CliTrainThenEval) {
   TempDir d;
   tiny_setup(d, 1);
   const std::string e = ELASTIC_BINARY;
-  ASSERT_EQ(run_cmd(e + " train --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
-                    " --set output.dir=" + d.str("run") + " --set train.steps=3 --set ssa.window=16 --set ssa.sink=4" +
-                    " --set model.device=cpu"),
-            0);
+  ASSERT_EQ(train_cli(d, 3), 0);
   for (const char* f : {"config.yaml", "metrics.jsonl", "summary.json", "router.safetensors", "router.json"})
     EXPECT_TRUE(fs::exists(d.path / "run" / f)) << f;
   EXPECT_EQ(read_metrics(d.str("run/metrics.jsonl")).size(), 3u);
@@ -283,10 +287,7 @@ TEST(TrainingRun, BenchPrefillUsesTheExportedRouter) {
   TempDir d;
   tiny_setup(d, 1);
   const std::string e = ELASTIC_BINARY;
-  ASSERT_EQ(run_cmd(e + " train --set model.path=" + d.str("model") + " --set data.path=" + d.str("data.bin") +
-                    " --set output.dir=" + d.str("run") + " --set train.steps=1 --set ssa.window=16 --set ssa.sink=4" +
-                    " --set model.device=cpu"),
-            0);
+  ASSERT_EQ(train_cli(d, 1), 0);
   ASSERT_EQ(run_cmd(e + " export " + d.str("run") + " --out " + d.str("exported")), 0);
   auto src = io::SafetensorsFile::open(d.str("exported/router.safetensors"));
   for (const bool fa : {true, false}) {
