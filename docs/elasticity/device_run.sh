@@ -84,6 +84,10 @@ fi
 # Router variants side by side on the best backbone (RV="base long ..."; default: one run, no suffix).
 # Each gets its own directory, $R/<best>.<variant>, sharing the backbone and data by symbolic links.
 # The 6000-step variants take about 10 minutes four side by side: give them a call of their own.
+# The lookups' targets at exactly 5 and 6 dense heads of 16 (sessions 10-11), and τ annealed to 0.5.
+T06875="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875"
+T0625="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625"
+TAU05="--set tau.max=1.0 --set tau.min=0.5"
 declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set train.steps=6000 --set optim.lr=1e-3"
   [long_tau05]="--set train.steps=6000 --set tau.max=1.0 --set tau.min=0.5"
   [long_pool64]="--set train.steps=6000 --set router.pool_tokens=64"
@@ -91,17 +95,11 @@ declare -A RTX=([base]="" [long]="--set train.steps=6000" [long_lr1e3]="--set tr
   [lamlr5e-2_lr2e-3]="--set optim.lambda_lr=5e-2 --set optim.lr=2e-3"
   [lamlr5e-2_pool4]="--set optim.lambda_lr=5e-2 --set router.pool_tokens=4"
   [lamlr5e-2_pool4_seed1]="--set optim.lambda_lr=5e-2 --set router.pool_tokens=4 --set train.seed=1"
-  [t06875]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875"
-  [t06875_seed1]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set train.seed=1"
-  [t06875_lamlr5e3]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set optim.lambda_lr=5e-3"
-  [t06875_seed2]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set train.seed=2"
-  [t06875_long]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set train.steps=5000"
-  [t0625]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625"
-  [t0625_seed1]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set train.seed=1"
-  [t0625_seed2]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set train.seed=2"
-  [t0625_tau05]="--set tasks.retrieval.target=0.625 --set tasks.multihop.target=0.625 --set tau.max=1.0 --set tau.min=0.5"
-  [t06875_tau05]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set tau.max=1.0 --set tau.min=0.5"
-  [t06875_lr1e3]="--set tasks.retrieval.target=0.6875 --set tasks.multihop.target=0.6875 --set optim.lr=1e-3")
+  [t06875]="$T06875" [t06875_seed1]="$T06875 --set train.seed=1" [t06875_seed2]="$T06875 --set train.seed=2"
+  [t06875_lamlr5e3]="$T06875 --set optim.lambda_lr=5e-3" [t06875_long]="$T06875 --set train.steps=5000"
+  [t06875_tau05]="$T06875 $TAU05" [t06875_lr1e3]="$T06875 --set optim.lr=1e-3"
+  [t0625]="$T0625" [t0625_seed1]="$T0625 --set train.seed=1" [t0625_seed2]="$T0625 --set train.seed=2"
+  [t0625_tau05]="$T0625 $TAU05")
 # t06875 (session 10): the lookups' target at exactly 5 dense heads of 16, where 0.7 lies between 5 and 4.
 # The lookups lose points on the samples the router gives 4 heads or fewer (docs/elasticity.md, session 10).
 # Session 5's base and signed ran with λ lr 5e-2 (then the config's), its lamlr5e-3 and signed_lamlr5e-3
