@@ -13,6 +13,7 @@
 #include "train/export.h"
 #include "train/keep_layers.h"
 #include "train/objective.h"
+#include "train/optimizer.h"
 #include "util/error.h"
 #include "util/kernel_profile.h"
 #include "util/log.h"
@@ -76,7 +77,7 @@ int cmd_bench_train(int argc, char** argv) {
   }
   std::vector<torch::Tensor> rp;
   for (auto& [n, p] : m->router_parameters()) rp.push_back(p);
-  torch::optim::AdamW opt(rp, torch::optim::AdamWOptions(5e-4));
+  train::FusedAdamW opt(rp, torch::optim::AdamWOptions(5e-4));  // the trainer's
   const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", 128), a.get_int("window", 2048));
   const double peak = a.get_double("peak-tflops", 800.0);
   const int steps = static_cast<int>(a.get_int("steps", 3));

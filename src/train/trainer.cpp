@@ -91,7 +91,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   if (cfg.train_routing == "router") {
     torch::manual_seed(cfg.train_seed);  // router init
     model_->attach_routers(router_options(cfg, model_->config().head_dim));
-    opt_router_ = std::make_unique<torch::optim::AdamW>(
+    opt_router_ = std::make_unique<FusedAdamW>(
         router_params(), torch::optim::AdamWOptions(cfg.optim_lr)
                              .betas({cfg.optim_beta1, cfg.optim_beta2})
                              .eps(cfg.optim_eps)
@@ -105,7 +105,7 @@ Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<dist::Comm> comm)
   backbone_params_ = unfreeze(model_, cfg.train_trainable);
   if (!backbone_params_.empty()) {
     model_->train();
-    opt_backbone_ = std::make_unique<torch::optim::AdamW>(
+    opt_backbone_ = std::make_unique<FusedAdamW>(
         backbone_params_, torch::optim::AdamWOptions(cfg.train_backbone_lr)
                               .betas({cfg.optim_beta1, cfg.optim_beta2})
                               .eps(cfg.optim_eps)
@@ -283,7 +283,7 @@ json Trainer::step() {
   acc = sums.accessor<double, 1>();
   const bool nonfinite = acc[2] > 0 || !std::isfinite(acc[0]) || !std::isfinite(acc[1]);
 
-  double grad_norm = 0;
+  torch::Tensor grad_norm;  // read after the step's end, not in the middle of it
   if (nonfinite) {
     ++nonfinite_in_a_row_;
     LOG_WARN("step " << step_ + 1 << ": non-finite loss on " << acc[2] << " rank(s); step skipped ("
@@ -297,7 +297,7 @@ json Trainer::step() {
     lagrangian_->lambdas.mutable_grad().neg_();
     std::vector<torch::Tensor> clipped = router_params();
     clipped.insert(clipped.end(), backbone_params_.begin(), backbone_params_.end());
-    grad_norm = torch::nn::utils::clip_grad_norm_(clipped, cfg_.optim_grad_clip);
+    grad_norm = clip_grad_norm(clipped, cfg_.optim_grad_clip);
     if (opt_router_) opt_router_->step();
     if (opt_backbone_) opt_backbone_->step();
     if (routing) opt_lambda_->step();
@@ -319,7 +319,7 @@ json Trainer::step() {
   j["skipped"] = nonfinite;
   j["tau"] = tau;
   j["lr"] = cfg_.optim_lr * lr_scale;
-  j["grad_norm"] = grad_norm;
+  j["grad_norm"] = grad_norm.defined() ? grad_norm.item<double>() : 0.0;
   j["tokens"] = total_tokens;
   j["tokens_per_s"] = total_tokens / dt;
   j["step_seconds"] = dt;

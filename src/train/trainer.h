@@ -13,6 +13,7 @@
 #include "train/config.h"
 #include "train/keep_layers.h"
 #include "train/objective.h"
+#include "train/optimizer.h"
 
 namespace elastic::train {
 
@@ -51,7 +52,7 @@ class Trainer {
   model::CausalLM model_{nullptr};
   Lagrangian lagrangian_{nullptr};
   std::unique_ptr<data::DataLoader> loader_;
-  std::unique_ptr<torch::optim::AdamW> opt_router_, opt_backbone_;
+  std::unique_ptr<FusedAdamW> opt_router_, opt_backbone_;
   std::unique_ptr<torch::optim::Adam> opt_lambda_;
   std::vector<torch::Tensor> backbone_params_;
   std::string base_fingerprint_;
