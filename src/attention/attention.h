@@ -8,8 +8,10 @@
 // Two implementations, the same maths:
 //  * blocked: query blocks against only the keys they can see, plain tensor ops, any
 //    device and dtype (the exact path used on CPU and as the reference);
-//  * flash: FlashAttention-2 varlen from LibTorch on CUDA for fp16/bf16, with the sink
-//    part of streaming attention merged exactly through the log-sum-exp.
+//  * flash: on CUDA for fp16/bf16, full attention through FlashAttention-2 or cuDNN;
+//    streaming attention's forward through our one-launch sink + window kernel
+//    (kernels/streaming_attention.cu), its backward through FlashAttention-2 with the sink
+//    part merged exactly through the log-sum-exp.
 // Neither builds a tokens x tokens tensor: the blocked path holds at most
 // block x visible-keys scores per head at a time.
 #pragma once
@@ -34,6 +36,12 @@ AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, co
 AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
                              MaskSpec mask, double scale);
+
+// Streaming attention's forward as FlashAttention-2 does it (a windowed pass, the sink keys merged
+// through the log-sum-exp): what attention_forward runs on CUDA for head sizes the one-launch kernel
+// (attention/streaming_kernel.h) does not take; callable for tests and benchmarks.
+AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                    const Packing& pack, MaskSpec mask, double scale);
 
 // Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -1,7 +1,8 @@
-// bench-kernels cases for streaming attention's sink part: the fused log-sum-exp merge
-// (kernels/sink_merge.cu) and the whole streaming forward and backward, each against the
-// gather-based implementation they replaced, kept below as the baseline. The first (warm-up) run
-// of each streaming case also logs how far the two implementations' results differ.
+// bench-kernels cases for streaming attention: the fused log-sum-exp merge (kernels/sink_merge.cu)
+// and the streaming backward, each against the gather-based implementation they replaced, kept
+// below as the baseline; and the one-launch streaming forward (kernels/streaming_attention.cu)
+// against the FlashAttention-2 composition it replaced. The first (warm-up) run of each
+// streaming case also logs how far the two implementations' results differ.
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -9,6 +10,7 @@
 
 #include "attention/attention.h"
 #include "attention/sink_merge.h"
+#include "attention/streaming_kernel.h"
 #include "cli/bench_kernels.h"
 #include "cli/bench_util.h"
 #include "util/log.h"
@@ -100,33 +102,6 @@ void old_merge(AttnForward& f, const torch::Tensor& rows, const torch::Tensor& o
   auto o = ow * torch::exp(lw - l).t().unsqueeze(-1) + os * torch::exp(ls_rows - l).t().unsqueeze(-1);
   f.out.index_copy_(0, rows, o.to(f.out.scalar_type()));
   f.lse.index_copy_(1, rows, l);
-}
-
-AttnForward old_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack,
-                        MaskSpec mask, double scale) {
-  auto f = attention::attention_forward(q, k, v, pack, MaskSpec::streaming(0, mask.window), scale);
-  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  for (const auto& c : old_sink_rows(pack, mask)) {
-    auto sc = old_sink_scores(q, k, c, mask, scale, G);
-    auto ls = torch::logsumexp(sc, -1);
-    auto p = torch::exp(sc - ls.unsqueeze(-1));
-    auto vr = v.narrow(0, c.s0, c.nsink).permute({1, 0, 2}).to(torch::kFloat32);
-    auto os = torch::matmul(p.view({Hkv, G * c.rows, c.nsink}), vr).view({Hkv, G, c.rows, d});
-    auto lw = f.lse.narrow(1, c.s0 + c.row0, c.rows).view({Hkv, G, c.rows});
-    auto ow = f.out.narrow(0, c.s0 + c.row0, c.rows).view({c.rows, Hkv, G, d}).permute({1, 2, 0, 3}).to(torch::kFloat32);
-    auto l = torch::logaddexp(lw, ls);
-    auto o = ow * torch::exp(lw - l).unsqueeze(-1) + os * torch::exp(ls - l).unsqueeze(-1);
-    f.out.narrow(0, c.s0 + c.row0, c.rows).copy_(o.permute({2, 0, 1, 3}).reshape({c.rows, Hq, d}));
-    f.lse.narrow(1, c.s0 + c.row0, c.rows).copy_(l.reshape({Hq, c.rows}));
-  }
-  auto sf = old_sink_full(pack, mask, q.device());
-  if (!sf.empty()) {
-    auto qa = q.index_select(0, sf.rows), ks = k.index_select(0, sf.keys), vs = v.index_select(0, sf.keys);
-    auto rs = at::_flash_attention_forward(qa, ks, vs, sf.cu_q, sf.cu_k, sf.max_q, sf.nk, 0.0, /*is_causal=*/false,
-                                           false, scale);
-    old_merge(f, sf.rows, std::get<0>(rs), std::get<1>(rs));
-  }
-  return f;
 }
 
 AttnGrads old_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
@@ -253,14 +228,6 @@ std::shared_ptr<SsaState> ssa_state(const KernelShape& s, const Setup& u) {
 }
 
 // The first run is the timer's warm-up: compare with the baseline there, outside the timing.
-void check_forward(SsaState& st, const AttnForward& f) {
-  if (st.fwd_checked) return;
-  st.fwd_checked = true;
-  auto r = old_forward(st.q, st.k, st.v, st.u.pack, st.u.mask, st.scale);
-  LOG_INFO("ssa_forward: fused vs previous implementation: out rel diff "
-           << rel_diff(f.out, r.out) << ", lse max abs diff " << (f.lse - r.lse).abs().max().item<double>());
-}
-
 void check_backward(SsaState& st, const AttnGrads& g) {
   if (st.bwd_checked) return;
   st.bwd_checked = true;
@@ -272,19 +239,10 @@ void check_backward(SsaState& st, const AttnGrads& g) {
 
 std::vector<KernelCase> ssa_cases(const KernelShape& s, const Setup& u) {
   auto st = ssa_state(s, u);
-  KernelCase f;
-  f.name = "ssa_forward";
-  f.shape = u.shape;
-  f.bytes = 0;  // flash compute dominates: a bandwidth figure would mean nothing
-  f.fused = [st] {
-    auto r = attention::attention_forward(st->q, st->k, st->v, st->u.pack, st->u.mask, st->scale);
-    check_forward(*st, r);
-  };
-  f.composed = [st] { old_forward(st->q, st->k, st->v, st->u.pack, st->u.mask, st->scale); };
   KernelCase b;
   b.name = "ssa_backward";
   b.shape = u.shape;
-  b.bytes = 0;
+  b.bytes = 0;  // flash compute dominates: a bandwidth figure would mean nothing
   b.fused = [st] {
     st->ensure_fwd();
     auto g = attention::attention_backward(st->dout, st->q, st->k, st->v, st->fwd, st->u.pack, st->u.mask, st->scale);
@@ -294,7 +252,60 @@ std::vector<KernelCase> ssa_cases(const KernelShape& s, const Setup& u) {
     st->ensure_fwd();
     old_backward(st->dout, st->q, st->k, st->v, st->fwd, st->u.pack, st->u.mask, st->scale);
   };
-  return {f, b};
+  return {b};
+}
+
+// (query, key) pairs the mask lets see each other: row i sees min(i + 1, window) keys of its window
+// and the sink keys left of it.
+double visible_pairs(const Packing& pack, MaskSpec mask) {
+  double pairs = 0;
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    for (int64_t i = 0; i < pack.length(b); ++i) {
+      pairs += static_cast<double>(std::min(i + 1, mask.window) +
+                                   std::max<int64_t>(0, std::min(mask.sink, i + 1 - mask.window)));
+    }
+  }
+  return pairs;
+}
+
+AttnForward one_launch_forward(const SsaState& st) {
+  return attention::streaming_attention_kernel(st.q, st.k, st.v, st.u.pack, st.u.mask, st.scale);
+}
+
+AttnForward composed_forward(const SsaState& st) {
+  return attention::flash_streaming_forward(st.q, st.k, st.v, st.u.pack, st.u.mask, st.scale);
+}
+
+// bench-kernels reports times and bandwidth only: the warm-up also times both sides briefly for
+// their TFLOP/s (4 * head_dim FLOPs per visible pair and query head: Q K^T and P V).
+void check_kernel_forward(SsaState& st, const AttnForward& f, double flop) {
+  if (st.fwd_checked) return;
+  st.fwd_checked = true;
+  auto r = composed_forward(st);
+  const double max_rel = ((f.out.to(torch::kFloat32) - r.out.to(torch::kFloat32)).abs().max() /
+                          r.out.to(torch::kFloat32).abs().max().clamp_min(1e-30))
+                             .item<double>();
+  LOG_INFO("ssa_kernel_forward: one-launch kernel vs flash composition: out max rel diff "
+           << max_rel << ", rel diff " << rel_diff(f.out, r.out) << ", lse max abs diff "
+           << (f.lse - r.lse).abs().max().item<double>());
+  const Timer timer{st.q.device()};
+  const double kernel_ms = timer.median_ms([&] { one_launch_forward(st); }, 5);
+  const double flash_ms = timer.median_ms([&] { composed_forward(st); }, 5);
+  LOG_INFO("ssa_kernel_forward: " << flop / 1e12 << " TFLOP: one-launch kernel " << kernel_ms << " ms, "
+                                  << flop / (kernel_ms * 1e-3) / 1e12 << " TFLOP/s; flash composition "
+                                  << flash_ms << " ms, " << flop / (flash_ms * 1e-3) / 1e12 << " TFLOP/s");
+}
+
+KernelCase kernel_forward_case(const KernelShape& s, const Setup& u) {
+  auto st = ssa_state(s, u);
+  const double flop = 4.0 * static_cast<double>(s.head_dim * s.q_heads) * visible_pairs(u.pack, u.mask);
+  KernelCase c;
+  c.name = "ssa_kernel_forward";
+  c.shape = u.shape;
+  c.bytes = 0;  // compute-bound: the warm-up logs TFLOP/s instead
+  c.fused = [st, flop] { check_kernel_forward(*st, one_launch_forward(*st), flop); };
+  c.composed = [st] { composed_forward(*st); };
+  return c;
 }
 
 }  // namespace
@@ -303,6 +314,7 @@ std::vector<KernelCase> sink_kernel_cases(const KernelShape& s) {
   const Setup u = make_setup(s);
   std::vector<KernelCase> cases{merge_case(s, u)};
   for (auto& c : ssa_cases(s, u)) cases.push_back(std::move(c));
+  cases.push_back(kernel_forward_case(s, u));
   return cases;
 }
 
