@@ -1,5 +1,6 @@
 // bench-train: training-step throughput, peak memory and an attention/router time breakdown
 // on random-weight models of real shapes (issue: GPU performance). Results as JSON.
+#include <algorithm>
 #include <chrono>
 #include <iostream>
 
@@ -34,6 +35,25 @@ json profile_json(const util::KernelProfile& p) {
   }
   return {{"wall_ms", p.wall_ms}, {"gpu_ms", p.gpu_ms}, {"gpu_idle_fraction", 1 - p.gpu_ms / p.wall_ms},
           {"category_ms", p.category_ms}, {"kernels", p.kernels.size()}, {"top_kernels", top}};
+}
+
+// What profile `a` has on top of `b`: wall, kernel and idle time, and the kernels whose total
+// time grew most (new kernels included), by name.
+json profile_difference(const util::KernelProfile& a, const util::KernelProfile& b) {
+  std::map<std::string, std::pair<double, int64_t>> delta;
+  for (const auto& k : a.kernels) delta[k.name] = {k.ms, k.calls};
+  for (const auto& k : b.kernels) {
+    auto& d = delta[k.name];
+    d.first -= k.ms;
+    d.second -= k.calls;
+  }
+  std::vector<std::pair<std::string, std::pair<double, int64_t>>> grown(delta.begin(), delta.end());
+  std::sort(grown.begin(), grown.end(), [](const auto& x, const auto& y) { return x.second.first > y.second.first; });
+  json top = json::array();
+  for (size_t i = 0; i < std::min<size_t>(grown.size(), 25); ++i)
+    top.push_back({{"name", grown[i].first.substr(0, 160)}, {"ms", grown[i].second.first}, {"calls", grown[i].second.second}});
+  return {{"wall_ms", a.wall_ms - b.wall_ms}, {"gpu_ms", a.gpu_ms - b.gpu_ms},
+          {"idle_ms", (a.wall_ms - a.gpu_ms) - (b.wall_ms - b.gpu_ms)}, {"kernels_grown_most", top}};
 }
 
 }  // namespace
@@ -177,9 +197,23 @@ int cmd_bench_train(int argc, char** argv) {
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
                     << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
+      // The step with the last step's decisions replayed and no router (the router share, below).
+      auto replay_step = [&] {
+        auto ctx = step_context();
+        ctx.mode = model::RoutingMode::fixed;
+        ctx.fixed_decisions = [&](int64_t l) { return last_decisions.at(static_cast<size_t>(l)); };
+        auto h = m->forward_hidden(ids, ctx);
+        auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+        (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
+      };
       if (a.flag("profile")) {
         const std::string trace = a.has("trace") ? a.get("trace", "") + "_" + std::to_string(T) + ".json" : "";
-        run["profile"] = profile_json(util::profile_kernels(train_step, trace));
+        const auto with = util::profile_kernels(train_step, trace);
+        // The same without the router, so the router's kernels and idle time show as a difference.
+        const auto without = util::profile_kernels(replay_step, "");
+        run["profile"] = profile_json(with);
+        run["profile_replayed_decisions_no_router"] = profile_json(without);
+        run["profile_router_added"] = profile_difference(with, without);
       }
       if (!a.flag("no-breakdown")) {
         // One layer's attention, at this pack, with the measured routing mix.
@@ -203,14 +237,7 @@ int cmd_bench_train(int argc, char** argv) {
         // pass and the recompute, the Gumbel noise, its gradient through the attention (ds) and
         // its backward, the sparsity objective and its optimizer step. Host work that overlaps
         // the GPU costs nothing here, unlike in the per-layer timing above.
-        auto replay_ms = timer.median_ms([&] {
-          auto ctx = step_context();
-          ctx.mode = model::RoutingMode::fixed;
-          ctx.fixed_decisions = [&](int64_t l) { return last_decisions.at(static_cast<size_t>(l)); };
-          auto h = m->forward_hidden(ids, ctx);
-          auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
-          (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
-        }, steps);
+        auto replay_ms = timer.median_ms(replay_step, steps);
         // One decoder layer as the step runs it: the first (no-grad) pass, then the checkpointed
         // layer's forward + recompute + backward; and the loss on the final hidden states.
         auto lgen = router::routing_generator(1, 0, 0);
