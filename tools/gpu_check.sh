@@ -138,14 +138,15 @@ for s in "$@"; do
     bench-prefill-router)
       # The same with a trained, exported router deciding per input (its time counts, Ω_MSR measured).
       # No trained Qwen3-8B router exists here: routers train on the random Qwen3-8B itself for
-      # PREFILL_ROUTER_STEPS steps at target 0.7 on short synthetic samples, so they decide on its keys.
+      # PREFILL_ROUTER_STEPS steps at target 0.7 on short synthetic samples, so they decide on its keys
+      # (40 steps left the router undecided, argmax streaming everywhere; 300 take about 2 minutes).
       stage bench-prefill-router
       M=$(model_dir qwen3-8b) R=/tmp/prefill-router
       rm -rf $R && mkdir -p $R
       $BUILD/elastic make-synthetic-data --out $R/data.bin --vocab 151936 --samples 160 --min-len 128 --max-len 512 \
         --pack-tokens 2048 --seed 0 > $R/log 2>&1 &&
       $BUILD/elastic train configs/tiny-cpu.yaml --set model.path=$M --set model.dtype=bfloat16 --set model.device=cuda \
-        --set data.path=$R/data.bin --set output.dir=$R/train --set train.steps=${PREFILL_ROUTER_STEPS:-40} \
+        --set data.path=$R/data.bin --set output.dir=$R/train --set train.steps=${PREFILL_ROUTER_STEPS:-300} \
         --set ssa.sink=128 --set ssa.window=2048 --set router.pool_tokens=100 --set tasks.summarization.target=0.7 \
         --set tasks.code.target=0.7 --set tasks.icl.target=0.7 >> $R/log 2>&1 &&
       $BUILD/elastic export $R/train --out $R/exported >> $R/log 2>&1 || { tail -20 $R/log; status=1; }
