@@ -90,40 +90,38 @@ TEST(Optimizer, TensorsWithoutGradientsAreLeftAlone) {
   EXPECT_EQ(f.state().size(), ps.size() - 1);
 }
 
+// Three steps with Saver, its state saved to `path` and loaded into a fresh Loader, three more
+// steps: the parameters, and the saved parameters after three steps (`at_three`).
+template <class Saver, class Loader>
+std::vector<torch::Tensor> resumed_run(const std::string& path, std::vector<torch::Tensor>* at_three = nullptr) {
+  auto first = make_params(torch::TensorOptions().dtype(torch::kFloat64));
+  Saver saver(first, options());
+  run_steps(saver, first, 0, 3);
+  torch::save(saver, path);
+  if (at_three) *at_three = clone_params(first);
+  auto resumed = clone_params(first);
+  Loader loader(resumed, options());
+  torch::load(loader, path);
+  run_steps(loader, resumed, 3, 6);
+  return resumed;
+}
+
 // A run resumed from a checkpoint steps as if never stopped, whichever of the two optimizers saved
 // the state (checkpoints written before the fused one existed resume with it).
 TEST(Optimizer, ResumesFromSavedStateOfEitherOptimizer) {
   TempDir dir;
-  const auto o = torch::TensorOptions().dtype(torch::kFloat64);
-  auto straight = make_params(o);
+  auto straight = make_params(torch::TensorOptions().dtype(torch::kFloat64));
   torch::optim::AdamW a(straight, options());
   run_steps(a, straight, 0, 6);
-
-  auto first = make_params(o);
-  torch::optim::AdamW saver(first, options());
-  run_steps(saver, first, 0, 3);
-  torch::save(saver, dir.str("adamw.pt"));
-  auto resumed = clone_params(first);
-  FusedAdamW f(resumed, options());
-  torch::load(f, dir.str("adamw.pt"));
-  run_steps(f, resumed, 3, 6);
-  EXPECT_LE(max_diff(straight, resumed), 1e-13);
-
-  auto fused_first = make_params(o);
-  FusedAdamW fsaver(fused_first, options());
-  run_steps(fsaver, fused_first, 0, 3);
-  torch::save(fsaver, dir.str("fused.pt"));
-  auto back = clone_params(fused_first);
-  torch::optim::AdamW plain(back, options());
-  torch::load(plain, dir.str("fused.pt"));
-  run_steps(plain, back, 3, 6);
-  EXPECT_LE(max_diff(straight, back), 1e-13);
+  EXPECT_LE(max_diff(straight, resumed_run<torch::optim::AdamW, FusedAdamW>(dir.str("adamw.pt"))), 1e-13);
+  std::vector<torch::Tensor> at_three;
+  EXPECT_LE(max_diff(straight, resumed_run<FusedAdamW, torch::optim::AdamW>(dir.str("fused.pt"), &at_three)), 1e-13);
 
   // Loading into an optimizer that already stepped replaces its device step counts too.
-  auto again = clone_params(fused_first);
+  auto again = clone_params(at_three);
   FusedAdamW g(again, options());
   run_steps(g, again, 0, 2);
-  for (size_t i = 0; i < again.size(); ++i) again[i].detach().copy_(fused_first[i].detach());
+  for (size_t i = 0; i < again.size(); ++i) again[i].detach().copy_(at_three[i].detach());
   torch::load(g, dir.str("fused.pt"));
   run_steps(g, again, 3, 6);
   EXPECT_LE(max_diff(straight, again), 1e-13);
