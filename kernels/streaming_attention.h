@@ -1,4 +1,4 @@
-// Exact streaming attention (sink + local window) forward in one launch, FlashAttention-2 style:
+// Exact streaming attention (sink + local window) forward in one launch, and its backward, FlashAttention-2 style:
 // every (query block, head, sample) walks the key blocks it can see, the sink blocks first, then
 // the window blocks that do not overlap them, with one online softmax over both. It gives what the
 // windowed flash pass, the sink-prefix rows and the sink merge give together (attention.cpp's
@@ -35,5 +35,29 @@ struct StreamingAttentionArgs {
 // Enqueues the forward on `stream`; throws std::invalid_argument on unsupported arguments and
 // std::runtime_error on a launch error.
 void streaming_attention_forward(const StreamingAttentionArgs& args, cudaStream_t stream);
+
+// The backward of the same attention (kernels/streaming_attention_bwd.cu), exact with fp32
+// accumulation: from dout [tokens, q_heads, head_dim] and the forward's out and lse, dq like q and
+// dk, dv like k (dk and dv summed over the query heads of each kv head). The scratch buffers are
+// the caller's (the kernels allocate nothing); their contents on entry do not matter:
+//   dq_accum: tokens * q_heads * head_dim floats (dq in fp32, accumulated across key blocks);
+//   delta: q_heads * tokens floats (dout . out per row);
+//   dkv_sink: streaming_attention_backward_sink_floats(args) floats (dk and dv of the keys in the
+//     sink's key blocks, accumulated across the query chunks that share them; null when 0).
+struct StreamingAttentionBackwardArgs {
+  StreamingAttentionArgs fwd;  // q, k, v, out, lse, shapes, mask and scale of the forward
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* dq_accum = nullptr;
+  float* delta = nullptr;
+  float* dkv_sink = nullptr;
+};
+
+int64_t streaming_attention_backward_sink_floats(const StreamingAttentionBackwardArgs& args);
+
+// Enqueues the backward on `stream`; throws like streaming_attention_forward.
+void streaming_attention_backward(const StreamingAttentionBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace elastic::kernels

@@ -1,11 +1,16 @@
 // The one-launch streaming attention forward (kernels/streaming_attention.cu) against a brute-force
 // fp64 reference on fresh random inputs, with outputs poisoned with NaN before each run, and
 // against the flash composition it replaced (flash_streaming_forward), whose backward must take its
-// output and log-sum-exp unchanged; attention_forward runs it. The GPU tests skip without a GPU.
+// output and log-sum-exp unchanged; attention_forward runs it. The backward kernels
+// (kernels/streaming_attention_bwd.cu) against the fp64 gradients and attention_backward's flash
+// composition. The GPU tests skip without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "attention/attention.h"
 #include "attention/streaming_kernel.h"
@@ -32,26 +37,61 @@ Inputs random_inputs(int64_t T, int64_t hq, int64_t hkv, int64_t d, torch::Scala
   return {randn_cuda({T, hq, d}, dtype), randn_cuda({T, hkv, d}, dtype), randn_cuda({T, hkv, d}, dtype)};
 }
 
+// One sample's attention in fp64 from the rounded inputs, heads first: q, k, v [Hq, n, d] (k and v
+// repeated for the query heads that share them) and the probabilities P [Hq, n, n].
+struct SampleAttention {
+  torch::Tensor q, k, v, p, lse;
+};
+
+SampleAttention sample_attention(const Inputs& in, int64_t s0, int64_t n, MaskSpec mask, double scale) {
+  const int64_t G = in.q.size(1) / in.k.size(1);
+  SampleAttention a;
+  a.q = in.q.narrow(0, s0, n).to(torch::kFloat64).permute({1, 0, 2});
+  a.k = in.k.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
+  a.v = in.v.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(a.q.device());
+  auto i = torch::arange(n, i64).unsqueeze(1), j = torch::arange(n, i64).unsqueeze(0);
+  auto vis = (j <= i) & ((j < mask.sink) | ((i - j) < mask.window));
+  auto sc = torch::matmul(a.q, a.k.transpose(1, 2)).mul_(scale).masked_fill_(vis.logical_not(),
+                                                                           -std::numeric_limits<double>::infinity());
+  a.lse = torch::logsumexp(sc, -1);  // [Hq,n]
+  a.p = torch::exp(sc - a.lse.unsqueeze(-1));
+  return a;
+}
+
 // Softmax attention with the streaming mask, per sample and head, in fp64 from the rounded inputs:
 // out [T, Hq, d] and lse [Hq, T].
 AttnForward reference(const Inputs& in, const Packing& pack, MaskSpec mask, double scale) {
-  const int64_t Hq = in.q.size(1), G = Hq / in.k.size(1);
   std::vector<torch::Tensor> outs, lses;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const int64_t s0 = pack.begin(b), n = pack.length(b);
-    auto q = in.q.narrow(0, s0, n).to(torch::kFloat64).permute({1, 0, 2});                         // [Hq,n,d]
-    auto k = in.k.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});  // [Hq,n,d]
-    auto v = in.v.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
-    auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
-    auto i = torch::arange(n, i64).unsqueeze(1), j = torch::arange(n, i64).unsqueeze(0);
-    auto vis = (j <= i) & ((j < mask.sink) | ((i - j) < mask.window));
-    auto sc = torch::matmul(q, k.transpose(1, 2)).mul_(scale).masked_fill_(vis.logical_not(),
-                                                                          -std::numeric_limits<double>::infinity());
-    auto lse = torch::logsumexp(sc, -1);  // [Hq,n]
-    outs.push_back(torch::matmul(torch::exp(sc - lse.unsqueeze(-1)), v).permute({1, 0, 2}));
-    lses.push_back(lse);
+    const auto a = sample_attention(in, pack.begin(b), pack.length(b), mask, scale);
+    outs.push_back(torch::matmul(a.p, a.v).permute({1, 0, 2}));
+    lses.push_back(a.lse);
   }
   return {torch::cat(outs, 0), torch::cat(lses, 1)};
+}
+
+// Its gradients in fp64 by the explicit formulas: dS = P (dout v^T - rowsum(dout * out)),
+// dq = scale dS k, dk = scale dS^T q and dv = P^T dout, the last two summed over the query heads
+// of each kv head.
+AttnGrads reference_backward(const torch::Tensor& dout, const Inputs& in, const Packing& pack, MaskSpec mask,
+                             double scale) {
+  const int64_t Hkv = in.k.size(1), G = in.q.size(1) / Hkv, d = in.q.size(2);
+  std::vector<torch::Tensor> dqs, dks, dvs;
+  auto per_kv_head = [&](const torch::Tensor& t, int64_t n) {  // [Hq, n, d] -> [n, Hkv, d]
+    return t.view({Hkv, G, n, d}).sum(1).permute({1, 0, 2});
+  };
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const int64_t n = pack.length(b);
+    const auto a = sample_attention(in, pack.begin(b), n, mask, scale);
+    auto g = dout.narrow(0, pack.begin(b), n).to(torch::kFloat64).permute({1, 0, 2});  // [Hq,n,d]
+    auto delta = (g * torch::matmul(a.p, a.v)).sum(-1, true);
+    auto ds = a.p * (torch::matmul(g, a.v.transpose(1, 2)) - delta);
+    dqs.push_back(torch::matmul(ds, a.k).mul_(scale).permute({1, 0, 2}));
+    dks.push_back(per_kv_head(torch::matmul(ds.transpose(1, 2), a.q).mul_(scale), n));
+    dvs.push_back(per_kv_head(torch::matmul(a.p.transpose(1, 2), g), n));
+  }
+  return {torch::cat(dqs, 0), torch::cat(dks, 0), torch::cat(dvs, 0)};
 }
 
 // Largest absolute error relative to the largest absolute reference value.
@@ -84,6 +124,25 @@ void expect_matches_reference(const std::vector<int64_t>& lengths, int64_t hq, i
   EXPECT_FALSE(lse.isnan().any().item<bool>()) << "log-sum-exps left unwritten";
   EXPECT_LE(max_rel_err(out, ref.out), 1e-2);
   EXPECT_LE(max_abs_err(lse, ref.lse), 1e-3);
+}
+
+// The backward kernels on the kernel forward's (out, lse), against the fp64 gradients.
+void expect_backward_matches_reference(const std::vector<int64_t>& lengths, int64_t hq, int64_t hkv, int64_t d,
+                                       MaskSpec mask, double scale, torch::ScalarType dtype) {
+  SCOPED_TRACE(std::string("backward ") + name(dtype) + " Hq " + std::to_string(hq) + " Hkv " + std::to_string(hkv) +
+               " d " + std::to_string(d) + " sink " + std::to_string(mask.sink) + " window " +
+               std::to_string(mask.window) + " scale " + std::to_string(scale));
+  auto pack = Packing::from_lengths(lengths, torch::kCUDA);
+  const auto in = random_inputs(pack.tokens(), hq, hkv, d, dtype);
+  const auto dout = randn_cuda(in.q.sizes(), dtype);
+  const auto fwd = streaming_attention_kernel(in.q, in.k, in.v, pack, mask, scale);
+  const auto g = streaming_attention_kernel_backward(dout, in.q, in.k, in.v, fwd, pack, mask, scale);
+  const auto ref = reference_backward(dout, in, pack, mask, scale);
+  for (const auto& [grad, want, what] : {std::tuple{g.dq, ref.dq, "dq"}, std::tuple{g.dk, ref.dk, "dk"},
+                                         std::tuple{g.dv, ref.dv, "dv"}}) {
+    EXPECT_FALSE(grad.isnan().any().item<bool>()) << what << " has NaNs";
+    EXPECT_LE(max_rel_err(grad, want), 1e-2) << what;
+  }
 }
 
 }  // namespace
@@ -181,6 +240,79 @@ TEST_F(StreamingAttentionGpu, RejectsWhatItCannotTake) {
   auto lse = torch::empty({16, 4}, in.q.options().dtype(torch::kFloat32));
   expect_error([&] { streaming_attention_kernel_out(nan_like(in.q), lse, in.q, in.k, in.v, pack, mask, 0.1); },
                {"lse", "[4, 16]"});
+}
+
+// The backward, on the forward test's boundaries (the backward walks 128-key blocks against 64-row
+// query blocks): sinks of 0, 100 (inside a key block) and 128 (one block), windows inside one
+// query block, across several and longer than most samples.
+TEST_F(StreamingAttentionGpu, BackwardMatchesFp64Reference) {
+  torch::manual_seed(21);
+  const double scale = 1.0 / std::sqrt(128.0);
+  const std::vector<MaskSpec> masks = {MaskSpec::streaming(0, 16),    MaskSpec::streaming(100, 16),
+                                       MaskSpec::streaming(128, 16),  MaskSpec::streaming(100, 200),
+                                       MaskSpec::streaming(128, 200), MaskSpec::streaming(0, 1000),
+                                       MaskSpec::streaming(100, 1000)};
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    for (MaskSpec mask : masks) {
+      const std::vector<int64_t> lengths = {1, 37, mask.window + mask.sink - 1, 64, 129, 255, 700};
+      expect_backward_matches_reference(lengths, 8, 2, 128, mask, scale, dtype);
+      expect_backward_matches_reference(lengths, 4, 4, 128, mask, scale, dtype);
+    }
+  }
+}
+
+// head_dim 64 and sharp scores, as HeadDim64AndSharpScores.
+TEST_F(StreamingAttentionGpu, BackwardHeadDim64AndSharpScores) {
+  torch::manual_seed(22);
+  const std::vector<int64_t> lengths = {300, 1, 65, 513};
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    expect_backward_matches_reference(lengths, 8, 2, 64, MaskSpec::streaming(100, 64), 0.125, dtype);
+    expect_backward_matches_reference(lengths, 8, 2, 128, MaskSpec::streaming(100, 64), 1.0, dtype);
+    expect_backward_matches_reference(lengths, 8, 8, 64, MaskSpec::streaming(0, 200), 1.0, dtype);
+  }
+}
+
+// A sample long enough that the sink blocks' rows split into many chunks of separate CTAs, whose
+// dK and dV of the sink keys must add up.
+TEST_F(StreamingAttentionGpu, BackwardSinkKeysOverManyChunks) {
+  torch::manual_seed(23);
+  const double scale = 1.0 / std::sqrt(128.0);
+  expect_backward_matches_reference({5000, 300}, 4, 1, 128, MaskSpec::streaming(128, 256), scale, torch::kBFloat16);
+  expect_backward_matches_reference({5000}, 4, 2, 64, MaskSpec::streaming(100, 256), scale, torch::kHalf);
+}
+
+// The flash composition attention_backward runs gives the same gradients. It rounds its partial
+// gradients to bf16 before adding them, hence the norm-wise bound and the wider bound on the
+// largest error.
+TEST_F(StreamingAttentionGpu, BackwardMatchesFlashComposition) {
+  torch::manual_seed(24);
+  auto pack = Packing::from_lengths({3000, 3000, 3000}, torch::kCUDA);
+  const auto in = random_inputs(pack.tokens(), 32, 8, 128, torch::kBFloat16);
+  const auto mask = MaskSpec::streaming(128, 512);
+  const double scale = 1.0 / std::sqrt(128.0);
+  const auto fwd = streaming_attention_kernel(in.q, in.k, in.v, pack, mask, scale);
+  const auto dout = randn_cuda(in.q.sizes(), torch::kBFloat16);
+  const auto mine = streaming_attention_kernel_backward(dout, in.q, in.k, in.v, fwd, pack, mask, scale);
+  const auto flash = attention_backward(dout, in.q, in.k, in.v, fwd, pack, mask, scale);
+  EXPECT_LE(rel_err(mine.dq, flash.dq), 1e-2) << "dq";
+  EXPECT_LE(rel_err(mine.dk, flash.dk), 1e-2) << "dk";
+  EXPECT_LE(rel_err(mine.dv, flash.dv), 1e-2) << "dv";
+  EXPECT_LE(max_rel_err(mine.dq, flash.dq), 2e-2) << "dq";
+  EXPECT_LE(max_rel_err(mine.dk, flash.dk), 2e-2) << "dk";
+  EXPECT_LE(max_rel_err(mine.dv, flash.dv), 2e-2) << "dv";
+}
+
+TEST_F(StreamingAttentionGpu, BackwardRejectsWhatItCannotTake) {
+  auto pack = Packing::from_lengths({10, 6}, torch::kCUDA);
+  const auto mask = MaskSpec::streaming(4, 8);
+  const auto in = random_inputs(16, 4, 2, 128, torch::kBFloat16);
+  const auto fwd = streaming_attention_kernel(in.q, in.k, in.v, pack, mask, 0.1);
+  const auto narrow = in.q.narrow(1, 0, 2);
+  expect_error([&] { streaming_attention_kernel_backward(narrow, in.q, in.k, in.v, fwd, pack, mask, 0.1); },
+               {"streaming_attention_kernel_backward", "dout"});
+  const AttnForward transposed{fwd.out, fwd.lse.t()};
+  expect_error([&] { streaming_attention_kernel_backward(in.q, in.q, in.k, in.v, transposed, pack, mask, 0.1); },
+               {"streaming_attention_kernel_backward", "lse"});
 }
 
 // On the CPU (and in CPU builds) callers always fall back.

@@ -1,8 +1,9 @@
 // bench-kernels cases for streaming attention: the fused log-sum-exp merge (kernels/sink_merge.cu)
 // and the streaming backward, each against the gather-based implementation they replaced, kept
 // below as the baseline; and the one-launch streaming forward (kernels/streaming_attention.cu)
-// against the FlashAttention-2 composition it replaced. The first (warm-up) run of each
-// streaming case also logs how far the two implementations' results differ.
+// against the FlashAttention-2 composition it replaced, and its backward
+// (kernels/streaming_attention_bwd.cu) against attention_backward's flash composition. The first
+// (warm-up) run of each streaming case also logs how far the two implementations' results differ.
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -308,6 +309,52 @@ KernelCase kernel_forward_case(const KernelShape& s, const Setup& u) {
   return c;
 }
 
+double max_rel_diff(const torch::Tensor& a, const torch::Tensor& ref) {
+  auto a32 = a.to(torch::kFloat32), r32 = ref.to(torch::kFloat32);
+  return ((a32 - r32).abs().max() / r32.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+AttnGrads kernel_backward(SsaState& st) {
+  st.ensure_fwd();
+  return attention::streaming_attention_kernel_backward(st.dout, st.q, st.k, st.v, st.fwd, st.u.pack, st.u.mask,
+                                                        st.scale);
+}
+
+AttnGrads composed_backward(SsaState& st) {
+  st.ensure_fwd();
+  return attention::attention_backward(st.dout, st.q, st.k, st.v, st.fwd, st.u.pack, st.u.mask, st.scale);
+}
+
+// As check_kernel_forward, with 10 * head_dim FLOPs per visible pair and query head (the five
+// matmuls S, dP, dV, dK, dQ).
+void check_kernel_backward(SsaState& st, const AttnGrads& g, double flop) {
+  if (st.bwd_checked) return;
+  st.bwd_checked = true;
+  const auto r = composed_backward(st);
+  LOG_INFO("ssa_kernel_backward: kernel vs flash composition: max rel diff dq " << max_rel_diff(g.dq, r.dq) << ", dk "
+                                                                                << max_rel_diff(g.dk, r.dk) << ", dv "
+                                                                                << max_rel_diff(g.dv, r.dv));
+  const Timer timer{st.q.device()};
+  const double kernel_ms = timer.median_ms([&] { kernel_backward(st); }, 5);
+  const double flash_ms = timer.median_ms([&] { composed_backward(st); }, 5);
+  LOG_INFO("ssa_kernel_backward: " << flop / 1e12 << " TFLOP: kernel " << kernel_ms << " ms, "
+                                   << flop / (kernel_ms * 1e-3) / 1e12 << " TFLOP/s; flash composition " << flash_ms
+                                   << " ms, " << flop / (flash_ms * 1e-3) / 1e12 << " TFLOP/s; speed-up "
+                                   << flash_ms / kernel_ms << "x");
+}
+
+KernelCase kernel_backward_case(const KernelShape& s, const Setup& u) {
+  auto st = ssa_state(s, u);
+  const double flop = 10.0 * static_cast<double>(s.head_dim * s.q_heads) * visible_pairs(u.pack, u.mask);
+  KernelCase c;
+  c.name = "ssa_kernel_backward";
+  c.shape = u.shape;
+  c.bytes = 0;  // compute-bound: the warm-up logs TFLOP/s instead
+  c.fused = [st, flop] { check_kernel_backward(*st, kernel_backward(*st), flop); };
+  c.composed = [st] { composed_backward(*st); };
+  return c;
+}
+
 }  // namespace
 
 std::vector<KernelCase> sink_kernel_cases(const KernelShape& s) {
@@ -315,6 +362,7 @@ std::vector<KernelCase> sink_kernel_cases(const KernelShape& s) {
   std::vector<KernelCase> cases{merge_case(s, u)};
   for (auto& c : ssa_cases(s, u)) cases.push_back(std::move(c));
   cases.push_back(kernel_forward_case(s, u));
+  cases.push_back(kernel_backward_case(s, u));
   return cases;
 }
 
