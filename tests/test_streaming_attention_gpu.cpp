@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -145,6 +146,32 @@ void expect_backward_matches_reference(const std::vector<int64_t>& lengths, int6
   }
 }
 
+// A comparison with the fp64 reference: forward or backward.
+using Check = void (*)(const std::vector<int64_t>& lengths, int64_t hq, int64_t hkv, int64_t d, MaskSpec mask,
+                       double scale, torch::ScalarType dtype);
+
+// Every mask in bf16 and fp16, with G = 4 and G = 1, on the lengths each mask's boundaries call for.
+void sweep(const std::vector<MaskSpec>& masks, double scale, Check check,
+           const std::function<std::vector<int64_t>(MaskSpec)>& lengths) {
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    for (MaskSpec mask : masks) {
+      check(lengths(mask), 8, 2, 128, mask, scale, dtype);
+      check(lengths(mask), 4, 4, 128, mask, scale, dtype);
+    }
+  }
+}
+
+// head_dim 64, and scores sharp enough that each row's softmax is dominated by a few keys (large
+// jumps of the running maximum between key blocks).
+void head_dim_64_and_sharp_scores(Check check) {
+  const std::vector<int64_t> lengths = {300, 1, 65, 513};
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    check(lengths, 8, 2, 64, MaskSpec::streaming(100, 64), 0.125, dtype);
+    check(lengths, 8, 2, 128, MaskSpec::streaming(100, 64), 1.0, dtype);
+    check(lengths, 8, 8, 64, MaskSpec::streaming(0, 200), 1.0, dtype);
+  }
+}
+
 }  // namespace
 
 // Sample lengths around every boundary of the walk over key blocks (64 keys, 128 query rows): 1,
@@ -159,25 +186,13 @@ TEST_F(StreamingAttentionGpu, MatchesFp64Reference) {
                                        MaskSpec::streaming(100, 200), MaskSpec::streaming(64, 128),
                                        MaskSpec::streaming(3, 1),     MaskSpec::streaming(0, 300),
                                        MaskSpec::streaming(100, 1000)};
-  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
-    for (MaskSpec mask : masks) {
-      const std::vector<int64_t> lengths = {1, 37, mask.window + mask.sink - 1, 64, 129, 100, 255, 700, 2};
-      expect_matches_reference(lengths, 8, 2, 128, mask, scale, dtype);
-      expect_matches_reference(lengths, 4, 4, 128, mask, scale, dtype);
-    }
-  }
+  sweep(masks, scale, expect_matches_reference,
+        [](MaskSpec m) { return std::vector<int64_t>{1, 37, m.window + m.sink - 1, 64, 129, 100, 255, 700, 2}; });
 }
 
-// head_dim 64, and scores sharp enough that each row's softmax is dominated by a few keys (large
-// jumps of the running maximum between key blocks).
 TEST_F(StreamingAttentionGpu, HeadDim64AndSharpScores) {
   torch::manual_seed(12);
-  const std::vector<int64_t> lengths = {300, 1, 65, 513};
-  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
-    expect_matches_reference(lengths, 8, 2, 64, MaskSpec::streaming(100, 64), 0.125, dtype);
-    expect_matches_reference(lengths, 8, 2, 128, MaskSpec::streaming(100, 64), 1.0, dtype);
-    expect_matches_reference(lengths, 8, 8, 64, MaskSpec::streaming(0, 200), 1.0, dtype);
-  }
+  head_dim_64_and_sharp_scores(expect_matches_reference);
 }
 
 // The flash composition (windowed pass, sink-prefix rows, sink pass and merge) gives the same
@@ -252,24 +267,13 @@ TEST_F(StreamingAttentionGpu, BackwardMatchesFp64Reference) {
                                        MaskSpec::streaming(128, 16),  MaskSpec::streaming(100, 200),
                                        MaskSpec::streaming(128, 200), MaskSpec::streaming(0, 1000),
                                        MaskSpec::streaming(100, 1000)};
-  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
-    for (MaskSpec mask : masks) {
-      const std::vector<int64_t> lengths = {1, 37, mask.window + mask.sink - 1, 64, 129, 255, 700};
-      expect_backward_matches_reference(lengths, 8, 2, 128, mask, scale, dtype);
-      expect_backward_matches_reference(lengths, 4, 4, 128, mask, scale, dtype);
-    }
-  }
+  sweep(masks, scale, expect_backward_matches_reference,
+        [](MaskSpec m) { return std::vector<int64_t>{1, 37, m.window + m.sink - 1, 64, 129, 255, 700}; });
 }
 
-// head_dim 64 and sharp scores, as HeadDim64AndSharpScores.
 TEST_F(StreamingAttentionGpu, BackwardHeadDim64AndSharpScores) {
   torch::manual_seed(22);
-  const std::vector<int64_t> lengths = {300, 1, 65, 513};
-  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
-    expect_backward_matches_reference(lengths, 8, 2, 64, MaskSpec::streaming(100, 64), 0.125, dtype);
-    expect_backward_matches_reference(lengths, 8, 2, 128, MaskSpec::streaming(100, 64), 1.0, dtype);
-    expect_backward_matches_reference(lengths, 8, 8, 64, MaskSpec::streaming(0, 200), 1.0, dtype);
-  }
+  head_dim_64_and_sharp_scores(expect_backward_matches_reference);
 }
 
 // A sample long enough that the sink blocks' rows split into many chunks of separate CTAs, whose
