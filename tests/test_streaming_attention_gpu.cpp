@@ -38,34 +38,12 @@ Inputs random_inputs(int64_t T, int64_t hq, int64_t hkv, int64_t d, torch::Scala
   return {randn_cuda({T, hq, d}, dtype), randn_cuda({T, hkv, d}, dtype), randn_cuda({T, hkv, d}, dtype)};
 }
 
-// One sample's attention in fp64 from the rounded inputs, heads first: q, k, v [Hq, n, d] (k and v
-// repeated for the query heads that share them) and the probabilities P [Hq, n, n].
-struct SampleAttention {
-  torch::Tensor q, k, v, p, lse;
-};
-
-SampleAttention sample_attention(const Inputs& in, int64_t s0, int64_t n, MaskSpec mask, double scale) {
-  const int64_t G = in.q.size(1) / in.k.size(1);
-  SampleAttention a;
-  a.q = in.q.narrow(0, s0, n).to(torch::kFloat64).permute({1, 0, 2});
-  a.k = in.k.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
-  a.v = in.v.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(a.q.device());
-  auto i = torch::arange(n, i64).unsqueeze(1), j = torch::arange(n, i64).unsqueeze(0);
-  auto vis = (j <= i) & ((j < mask.sink) | ((i - j) < mask.window));
-  auto sc = torch::matmul(a.q, a.k.transpose(1, 2)).mul_(scale).masked_fill_(vis.logical_not(),
-                                                                           -std::numeric_limits<double>::infinity());
-  a.lse = torch::logsumexp(sc, -1);  // [Hq,n]
-  a.p = torch::exp(sc - a.lse.unsqueeze(-1));
-  return a;
-}
-
 // Softmax attention with the streaming mask, per sample and head, in fp64 from the rounded inputs:
 // out [T, Hq, d] and lse [Hq, T].
 AttnForward reference(const Inputs& in, const Packing& pack, MaskSpec mask, double scale) {
   std::vector<torch::Tensor> outs, lses;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const auto a = sample_attention(in, pack.begin(b), pack.length(b), mask, scale);
+    const auto a = reference_sample_attention(in.q, in.k, in.v, pack.begin(b), pack.length(b), mask, scale);
     outs.push_back(torch::matmul(a.p, a.v).permute({1, 0, 2}));
     lses.push_back(a.lse);
   }
@@ -84,7 +62,7 @@ AttnGrads reference_backward(const torch::Tensor& dout, const Inputs& in, const 
   };
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t n = pack.length(b);
-    const auto a = sample_attention(in, pack.begin(b), n, mask, scale);
+    const auto a = reference_sample_attention(in.q, in.k, in.v, pack.begin(b), n, mask, scale);
     auto g = dout.narrow(0, pack.begin(b), n).to(torch::kFloat64).permute({1, 0, 2});  // [Hq,n,d]
     auto delta = (g * torch::matmul(a.p, a.v)).sum(-1, true);
     auto ds = a.p * (torch::matmul(g, a.v.transpose(1, 2)) - delta);
@@ -230,8 +208,7 @@ TEST_F(StreamingAttentionGpu, IsWhatAttentionForwardRuns) {
   const auto lib = attention_forward(in.q, in.k, in.v, pack, mask, 0.1);
   EXPECT_TRUE(torch::equal(mine.out, lib.out));
   EXPECT_TRUE(torch::equal(mine.lse, lib.lse));
-  auto shifted = torch::empty({in.q.numel() + 1}, in.q.options()).narrow(0, 1, in.q.numel()).view(in.q.sizes());
-  shifted.copy_(in.q);
+  const auto shifted = placed(in.q, 1);
   ASSERT_TRUE(shifted.is_contiguous());
   ASSERT_NE(reinterpret_cast<uintptr_t>(shifted.data_ptr()) % 16, 0u);
   const auto from_view = attention_forward(shifted, in.k, in.v, pack, mask, 0.1);

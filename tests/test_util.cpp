@@ -22,21 +22,29 @@ TempDir::~TempDir() {
   }
 }
 
+SampleAttention reference_sample_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                           int64_t s0, int64_t n, attention::MaskSpec mask, double scale) {
+  const int64_t G = q.size(1) / k.size(1);
+  SampleAttention a;
+  a.q = q.narrow(0, s0, n).to(torch::kFloat64).permute({1, 0, 2});
+  a.k = k.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
+  a.v = v.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(q.device());
+  auto i = torch::arange(n, i64).unsqueeze(1), j = torch::arange(n, i64).unsqueeze(0);
+  auto vis = j <= i;
+  if (!mask.full()) vis = vis & ((j < mask.sink) | ((i - j) < mask.window));
+  auto sc = (torch::matmul(a.q, a.k.transpose(1, 2)) * scale).masked_fill(vis.logical_not(), -INFINITY);
+  a.lse = torch::logsumexp(sc, -1);
+  a.p = torch::exp(sc - a.lse.unsqueeze(-1));
+  return a;
+}
+
 torch::Tensor reference_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                   const attention::Packing& pack, attention::MaskSpec mask, double scale) {
-  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv;
   std::vector<torch::Tensor> outs;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const int64_t s0 = pack.begin(b), n = pack.length(b);
-    auto qs = q.narrow(0, s0, n).to(torch::kFloat64).permute({1, 0, 2});                         // [Hq,n,d]
-    auto ks = k.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});  // [Hq,n,d]
-    auto vs = v.narrow(0, s0, n).to(torch::kFloat64).repeat_interleave(G, 1).permute({1, 0, 2});
-    auto sc = torch::matmul(qs, ks.transpose(1, 2)) * scale;
-    auto i = torch::arange(n).unsqueeze(1), j = torch::arange(n).unsqueeze(0);
-    auto vis = j <= i;
-    if (!mask.full()) vis = vis & ((j < mask.sink) | ((i - j) < mask.window));
-    sc = sc.masked_fill(vis.logical_not(), -INFINITY);
-    outs.push_back(torch::matmul(torch::softmax(sc, -1), vs).permute({1, 0, 2}));
+    const auto a = reference_sample_attention(q, k, v, pack.begin(b), pack.length(b), mask, scale);
+    outs.push_back(torch::matmul(a.p, a.v).permute({1, 0, 2}));
   }
   return torch::cat(outs, 0);
 }
