@@ -329,18 +329,17 @@ void dispatch_head_dim(const Params& p, int64_t head_dim, int64_t max_len, int64
   return launch<T, 64>(p, max_len, samples, stream);
 }
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("streaming_attention_forward: " + what);
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
-void streaming_attention_forward(const StreamingAttentionArgs& a, cudaStream_t stream) {
+bool check_streaming_attention_args(const StreamingAttentionArgs& a, const char* fn) {
+  auto require = [fn](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(std::string(fn) + ": " + what);
+  };
   require(a.head_dim == 64 || a.head_dim == 128, "head_dim must be 64 or 128, got " + std::to_string(a.head_dim));
-  require(a.q_heads > 0 && a.kv_heads > 0 && a.q_heads % a.kv_heads == 0 && a.q_heads <= 65535,
-          "q_heads must be a multiple of kv_heads (at most 65535), got " + std::to_string(a.q_heads) + " and " +
+  require(a.q_heads > 0 && a.kv_heads > 0 && a.q_heads % a.kv_heads == 0,
+          "q_heads must be a multiple of kv_heads, got " + std::to_string(a.q_heads) + " and " +
               std::to_string(a.kv_heads));
   require(a.window >= 1 && a.sink >= 0, "needs window >= 1 and sink >= 0, got window " + std::to_string(a.window) +
                                             ", sink " + std::to_string(a.sink));
@@ -348,9 +347,17 @@ void streaming_attention_forward(const StreamingAttentionArgs& a, cudaStream_t s
   require(a.samples >= 0 && a.samples <= 65535, "at most 65535 samples, got " + std::to_string(a.samples));
   require(a.max_len >= 0 && a.max_len <= (int64_t{1} << 30) && a.tokens >= 0 && a.tokens <= (int64_t{1} << 31) - 1,
           "max_len must be below 2^30 and tokens below 2^31");
-  if (a.tokens == 0 || a.samples == 0 || a.max_len == 0) return;
+  if (a.tokens == 0 || a.samples == 0 || a.max_len == 0) return false;
   require(aligned16(a.q) && aligned16(a.k) && aligned16(a.v) && aligned16(a.out) && a.lse && a.cu_seqlens,
           "q, k, v and out must be 16-byte aligned, lse and cu_seqlens set");
+  return true;
+}
+
+void streaming_attention_forward(const StreamingAttentionArgs& a, cudaStream_t stream) {
+  // One grid row per query head.
+  if (a.q_heads > 65535)
+    throw std::invalid_argument("streaming_attention_forward: at most 65535 q_heads, got " + std::to_string(a.q_heads));
+  if (!check_streaming_attention_args(a, "streaming_attention_forward")) return;
   Params p{};
   p.q = a.q;
   p.k = a.k;

@@ -36,6 +36,12 @@ struct StreamingAttentionArgs {
 // std::runtime_error on a launch error.
 void streaming_attention_forward(const StreamingAttentionArgs& args, cudaStream_t stream);
 
+// The checks of args both launchers share: head_dim, heads, mask, scale, sizes within the kernels'
+// 32-bit positions, q, k, v and out 16-byte aligned, lse and cu_seqlens set. Throws
+// std::invalid_argument naming `fn`; returns false when there is nothing to compute. The grid's
+// limit on heads is each launcher's own (query heads forward, kv heads backward).
+bool check_streaming_attention_args(const StreamingAttentionArgs& args, const char* fn);
+
 // The backward of the same attention (kernels/streaming_attention_bwd.cu), exact with fp32
 // accumulation: from dout [tokens, q_heads, head_dim] and the forward's out and lse, dq like q and
 // dk, dv like k (dk and dv summed over the query heads of each kv head). The scratch buffers are

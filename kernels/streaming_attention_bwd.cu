@@ -18,7 +18,6 @@
 // a CTA, which add their dK and dV into a small fp32 accumulator per sample instead of writing
 // them. Sink chunks are scheduled first.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -487,23 +486,13 @@ int64_t streaming_attention_backward_sink_floats(const StreamingAttentionBackwar
 
 void streaming_attention_backward(const StreamingAttentionBackwardArgs& a, cudaStream_t stream) {
   const StreamingAttentionArgs& f = a.fwd;
-  require(f.head_dim == 64 || f.head_dim == 128, "head_dim must be 64 or 128, got " + std::to_string(f.head_dim));
-  require(f.q_heads > 0 && f.kv_heads > 0 && f.q_heads % f.kv_heads == 0 && f.kv_heads <= 65535,
-          "q_heads must be a multiple of kv_heads (at most 65535), got " + std::to_string(f.q_heads) + " and " +
-              std::to_string(f.kv_heads));
-  require(f.window >= 1 && f.sink >= 0, "needs window >= 1 and sink >= 0, got window " + std::to_string(f.window) +
-                                            ", sink " + std::to_string(f.sink));
-  require(std::isfinite(f.scale) && f.scale > 0.f, "scale must be positive and finite");
-  require(f.samples >= 0 && f.samples <= 65535, "at most 65535 samples, got " + std::to_string(f.samples));
-  require(f.max_len >= 0 && f.max_len <= (int64_t{1} << 30) && f.tokens >= 0 && f.tokens <= (int64_t{1} << 31) - 1,
-          "max_len must be below 2^30 and tokens below 2^31");
-  if (f.tokens == 0 || f.samples == 0 || f.max_len == 0) return;
-  require(aligned16(f.q) && aligned16(f.k) && aligned16(f.v) && aligned16(f.out) && aligned16(a.dout) &&
-              aligned16(a.dq) && aligned16(a.dk) && aligned16(a.dv),
-          "q, k, v, out, dout, dq, dk and dv must be 16-byte aligned");
-  require(f.lse && f.cu_seqlens && aligned16(a.dq_accum) && a.delta &&
+  require(f.kv_heads <= 65535, "at most 65535 kv_heads (one grid row each), got " + std::to_string(f.kv_heads));
+  if (!check_streaming_attention_args(f, "streaming_attention_backward")) return;
+  require(aligned16(a.dout) && aligned16(a.dq) && aligned16(a.dk) && aligned16(a.dv),
+          "dout, dq, dk and dv must be 16-byte aligned");
+  require(aligned16(a.dq_accum) && a.delta &&
               (aligned16(a.dkv_sink) || streaming_attention_backward_sink_floats(a) == 0),
-          "lse, cu_seqlens, delta set, dq_accum and dkv_sink (when the sink is not empty) 16-byte aligned");
+          "delta set, dq_accum and dkv_sink (when the sink is not empty) 16-byte aligned");
   Params p{};
   p.q = f.q;
   p.k = f.k;
