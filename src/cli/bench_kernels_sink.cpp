@@ -5,6 +5,7 @@
 // (kernels/streaming_attention_bwd.cu) against attention_backward's flash composition. The first
 // (warm-up) run of each streaming case also logs how far the two implementations' results differ.
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -277,24 +278,32 @@ AttnForward composed_forward(const SsaState& st) {
   return attention::flash_streaming_forward(st.q, st.k, st.v, st.u.pack, st.u.mask, st.scale);
 }
 
-// bench-kernels reports times and bandwidth only: the warm-up also times both sides briefly for
-// their TFLOP/s (4 * head_dim FLOPs per visible pair and query head: Q K^T and P V).
+double max_rel_diff(const torch::Tensor& a, const torch::Tensor& ref) {
+  auto a32 = a.to(torch::kFloat32), r32 = ref.to(torch::kFloat32);
+  return ((a32 - r32).abs().max() / r32.abs().max().clamp_min(1e-30)).item<double>();
+}
+
+// bench-kernels reports times and bandwidth only: the warm-up of a compute-bound case also times
+// both sides briefly and logs their TFLOP/s.
+void log_tflops(const char* name, const SsaState& st, double flop, const std::function<void()>& kernel,
+                const std::function<void()>& composition) {
+  const Timer timer{st.q.device()};
+  const double kernel_ms = timer.median_ms(kernel, 5);
+  const double flash_ms = timer.median_ms(composition, 5);
+  LOG_INFO(name << ": " << flop / 1e12 << " TFLOP: kernel " << kernel_ms << " ms, " << flop / (kernel_ms * 1e-3) / 1e12
+                << " TFLOP/s; flash composition " << flash_ms << " ms, " << flop / (flash_ms * 1e-3) / 1e12
+                << " TFLOP/s; speed-up " << flash_ms / kernel_ms << "x");
+}
+
+// 4 * head_dim FLOPs per visible pair and query head: Q K^T and P V.
 void check_kernel_forward(SsaState& st, const AttnForward& f, double flop) {
   if (st.fwd_checked) return;
   st.fwd_checked = true;
   auto r = composed_forward(st);
-  const double max_rel = ((f.out.to(torch::kFloat32) - r.out.to(torch::kFloat32)).abs().max() /
-                          r.out.to(torch::kFloat32).abs().max().clamp_min(1e-30))
-                             .item<double>();
   LOG_INFO("ssa_kernel_forward: one-launch kernel vs flash composition: out max rel diff "
-           << max_rel << ", rel diff " << rel_diff(f.out, r.out) << ", lse max abs diff "
+           << max_rel_diff(f.out, r.out) << ", rel diff " << rel_diff(f.out, r.out) << ", lse max abs diff "
            << (f.lse - r.lse).abs().max().item<double>());
-  const Timer timer{st.q.device()};
-  const double kernel_ms = timer.median_ms([&] { one_launch_forward(st); }, 5);
-  const double flash_ms = timer.median_ms([&] { composed_forward(st); }, 5);
-  LOG_INFO("ssa_kernel_forward: " << flop / 1e12 << " TFLOP: one-launch kernel " << kernel_ms << " ms, "
-                                  << flop / (kernel_ms * 1e-3) / 1e12 << " TFLOP/s; flash composition "
-                                  << flash_ms << " ms, " << flop / (flash_ms * 1e-3) / 1e12 << " TFLOP/s");
+  log_tflops("ssa_kernel_forward", st, flop, [&] { one_launch_forward(st); }, [&] { composed_forward(st); });
 }
 
 KernelCase kernel_forward_case(const KernelShape& s, const Setup& u) {
@@ -309,11 +318,6 @@ KernelCase kernel_forward_case(const KernelShape& s, const Setup& u) {
   return c;
 }
 
-double max_rel_diff(const torch::Tensor& a, const torch::Tensor& ref) {
-  auto a32 = a.to(torch::kFloat32), r32 = ref.to(torch::kFloat32);
-  return ((a32 - r32).abs().max() / r32.abs().max().clamp_min(1e-30)).item<double>();
-}
-
 AttnGrads kernel_backward(SsaState& st) {
   st.ensure_fwd();
   return attention::streaming_attention_kernel_backward(st.dout, st.q, st.k, st.v, st.fwd, st.u.pack, st.u.mask,
@@ -325,8 +329,7 @@ AttnGrads composed_backward(SsaState& st) {
   return attention::attention_backward(st.dout, st.q, st.k, st.v, st.fwd, st.u.pack, st.u.mask, st.scale);
 }
 
-// As check_kernel_forward, with 10 * head_dim FLOPs per visible pair and query head (the five
-// matmuls S, dP, dV, dK, dQ).
+// 10 * head_dim FLOPs per visible pair and query head: the five matmuls S, dP, dV, dK, dQ.
 void check_kernel_backward(SsaState& st, const AttnGrads& g, double flop) {
   if (st.bwd_checked) return;
   st.bwd_checked = true;
@@ -334,13 +337,7 @@ void check_kernel_backward(SsaState& st, const AttnGrads& g, double flop) {
   LOG_INFO("ssa_kernel_backward: kernel vs flash composition: max rel diff dq " << max_rel_diff(g.dq, r.dq) << ", dk "
                                                                                 << max_rel_diff(g.dk, r.dk) << ", dv "
                                                                                 << max_rel_diff(g.dv, r.dv));
-  const Timer timer{st.q.device()};
-  const double kernel_ms = timer.median_ms([&] { kernel_backward(st); }, 5);
-  const double flash_ms = timer.median_ms([&] { composed_backward(st); }, 5);
-  LOG_INFO("ssa_kernel_backward: " << flop / 1e12 << " TFLOP: kernel " << kernel_ms << " ms, "
-                                   << flop / (kernel_ms * 1e-3) / 1e12 << " TFLOP/s; flash composition " << flash_ms
-                                   << " ms, " << flop / (flash_ms * 1e-3) / 1e12 << " TFLOP/s; speed-up "
-                                   << flash_ms / kernel_ms << "x");
+  log_tflops("ssa_kernel_backward", st, flop, [&] { kernel_backward(st); }, [&] { composed_backward(st); });
 }
 
 KernelCase kernel_backward_case(const KernelShape& s, const Setup& u) {
