@@ -8,7 +8,6 @@
 // 97 KB of shared memory, two CTAs per SM.
 #include "kernels/streaming_attention.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
@@ -359,22 +358,8 @@ void streaming_attention_forward(const StreamingAttentionArgs& a, cudaStream_t s
     throw std::invalid_argument("streaming_attention_forward: at most 65535 q_heads, got " + std::to_string(a.q_heads));
   if (!check_streaming_attention_args(a, "streaming_attention_forward")) return;
   Params p{};
-  p.q = a.q;
-  p.k = a.k;
-  p.v = a.v;
+  set_shared_params(p, a);
   p.out = a.out;
-  p.lse = a.lse;
-  p.cu_seqlens = a.cu_seqlens;
-  p.tokens = a.tokens;
-  p.q_stride = a.q_heads * a.head_dim;
-  p.kv_stride = a.kv_heads * a.head_dim;
-  p.q_heads = static_cast<int>(a.q_heads);
-  p.kv_heads = static_cast<int>(a.kv_heads);
-  // Beyond max_len both bounds hide nothing: clamped, they fit the kernel's 32-bit positions.
-  p.sink = static_cast<int>(std::min(a.sink, a.max_len));
-  p.window = static_cast<int>(std::min(a.window, a.max_len));
-  p.scale = a.scale;
-  p.scale_log2 = a.scale * 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * log2(e))
   switch (a.dtype) {
     case AttentionDtype::kBFloat16:
       return dispatch_head_dim<__nv_bfloat16>(p, a.head_dim, a.max_len, a.samples, stream);

@@ -42,6 +42,26 @@ void streaming_attention_forward(const StreamingAttentionArgs& args, cudaStream_
 // limit on heads is each launcher's own (query heads forward, kv heads backward).
 bool check_streaming_attention_args(const StreamingAttentionArgs& args, const char* fn);
 
+// The launch parameters both kernels take from args alike (their Params structs share these names).
+template <class Params>
+void set_shared_params(Params& p, const StreamingAttentionArgs& a) {
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.lse = a.lse;
+  p.cu_seqlens = a.cu_seqlens;
+  p.tokens = a.tokens;
+  p.q_stride = a.q_heads * a.head_dim;
+  p.kv_stride = a.kv_heads * a.head_dim;
+  p.q_heads = static_cast<int>(a.q_heads);
+  p.kv_heads = static_cast<int>(a.kv_heads);
+  // Beyond max_len both bounds hide nothing: clamped, they fit the kernels' 32-bit positions.
+  p.sink = static_cast<int>(a.sink < a.max_len ? a.sink : a.max_len);
+  p.window = static_cast<int>(a.window < a.max_len ? a.window : a.max_len);
+  p.scale = a.scale;
+  p.scale_log2 = a.scale * 1.4426950408889634f;  // log2(e): exp(x) = exp2(x * log2(e))
+}
+
 // The backward of the same attention (kernels/streaming_attention_bwd.cu), exact with fp32
 // accumulation: from dout [tokens, q_heads, head_dim] and the forward's out and lse, dq like q and
 // dk, dv like k (dk and dv summed over the query heads of each kv head). The scratch buffers are

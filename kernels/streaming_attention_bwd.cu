@@ -494,29 +494,16 @@ void streaming_attention_backward(const StreamingAttentionBackwardArgs& a, cudaS
               (aligned16(a.dkv_sink) || streaming_attention_backward_sink_floats(a) == 0),
           "delta set, dq_accum and dkv_sink (when the sink is not empty) 16-byte aligned");
   Params p{};
-  p.q = f.q;
-  p.k = f.k;
-  p.v = f.v;
+  set_shared_params(p, f);
   p.dout = a.dout;
-  p.lse = f.lse;
   p.delta = a.delta;
   p.dk = a.dk;
   p.dv = a.dv;
   p.dq_accum = a.dq_accum;
   p.dkv_sink = a.dkv_sink;
-  p.cu_seqlens = f.cu_seqlens;
-  p.tokens = f.tokens;
-  p.q_stride = f.q_heads * f.head_dim;
-  p.kv_stride = f.kv_heads * f.head_dim;
-  p.q_heads = static_cast<int>(f.q_heads);
-  p.kv_heads = static_cast<int>(f.kv_heads);
-  p.sink = static_cast<int>(std::min(f.sink, f.max_len));
-  p.window = static_cast<int>(std::min(f.window, f.max_len));
   p.sink_keys = static_cast<int>(sink_keys(f));
   // A sink chunk as long as the query range of a window block, so that all CTAs weigh about the same.
   p.chunk_blocks = static_cast<int>((p.window + kBlockN + kBlockM - 1) / kBlockM);
-  p.scale = f.scale;
-  p.scale_log2 = f.scale * 1.4426950408889634f;
   switch (f.dtype) {
     case AttentionDtype::kBFloat16:
       return dispatch_head_dim<__nv_bfloat16>(p, a, stream);

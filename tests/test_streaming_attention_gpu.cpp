@@ -83,14 +83,18 @@ double max_abs_err(const torch::Tensor& a, const torch::Tensor& ref) {
   return (a.to(torch::kFloat64) - ref.to(torch::kFloat64)).abs().max().item<double>();
 }
 
-const char* name(torch::ScalarType t) { return t == torch::kHalf ? "fp16" : "bf16"; }
+// What a reference comparison ran, for its failure messages.
+std::string case_name(const std::string& what, torch::ScalarType dtype, int64_t hq, int64_t hkv, int64_t d,
+                      MaskSpec mask, double scale) {
+  return what + (dtype == torch::kHalf ? "fp16" : "bf16") + " Hq " + std::to_string(hq) + " Hkv " +
+         std::to_string(hkv) + " d " + std::to_string(d) + " sink " + std::to_string(mask.sink) + " window " +
+         std::to_string(mask.window) + " scale " + std::to_string(scale);
+}
 
 // Runs the kernel into NaN-poisoned outputs and compares with the fp64 reference.
 void expect_matches_reference(const std::vector<int64_t>& lengths, int64_t hq, int64_t hkv, int64_t d, MaskSpec mask,
                               double scale, torch::ScalarType dtype) {
-  SCOPED_TRACE(std::string(name(dtype)) + " Hq " + std::to_string(hq) + " Hkv " + std::to_string(hkv) + " d " +
-               std::to_string(d) + " sink " + std::to_string(mask.sink) + " window " + std::to_string(mask.window) +
-               " scale " + std::to_string(scale));
+  SCOPED_TRACE(case_name("", dtype, hq, hkv, d, mask, scale));
   auto pack = Packing::from_lengths(lengths, torch::kCUDA);
   const auto in = random_inputs(pack.tokens(), hq, hkv, d, dtype);
   ASSERT_TRUE(streaming_kernel_supports(in.q, mask));
@@ -108,9 +112,7 @@ void expect_matches_reference(const std::vector<int64_t>& lengths, int64_t hq, i
 // The backward kernels on the kernel forward's (out, lse), against the fp64 gradients.
 void expect_backward_matches_reference(const std::vector<int64_t>& lengths, int64_t hq, int64_t hkv, int64_t d,
                                        MaskSpec mask, double scale, torch::ScalarType dtype) {
-  SCOPED_TRACE(std::string("backward ") + name(dtype) + " Hq " + std::to_string(hq) + " Hkv " + std::to_string(hkv) +
-               " d " + std::to_string(d) + " sink " + std::to_string(mask.sink) + " window " +
-               std::to_string(mask.window) + " scale " + std::to_string(scale));
+  SCOPED_TRACE(case_name("backward ", dtype, hq, hkv, d, mask, scale));
   auto pack = Packing::from_lengths(lengths, torch::kCUDA);
   const auto in = random_inputs(pack.tokens(), hq, hkv, d, dtype);
   const auto dout = randn_cuda(in.q.sizes(), dtype);
