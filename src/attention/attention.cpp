@@ -236,59 +236,76 @@ torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
   return G == 1 ? t : t.unsqueeze(2).expand({t.size(0), t.size(1), G, t.size(2)}).reshape({t.size(0), t.size(1) * G, t.size(2)});
 }
 
+// One sample's rows through cuDNN: q [n, Hq, d], k/v [n, Hkv, d] (views of the pack or copies of some
+// of its heads) -> out [n, Hq, d] (a view of cuDNN's output), lse [Hq, n].
+AttnForward cudnn_forward_sample(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  const int64_t n = q.size(0), Hq = q.size(1), G = Hq / k.size(1);
+  auto kk = g_cudnn_expand_kv ? expand_kv(k, G) : k, vv = g_cudnn_expand_kv ? expand_kv(v, G) : v;
+  auto call = [&] {
+    return at::_scaled_dot_product_cudnn_attention(bhsd(q, 0, n), bhsd(kk, 0, n), bhsd(vv, 0, n), std::nullopt,
+                                                   /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
+  };
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, c10::SymInt, c10::SymInt, at::Tensor, at::Tensor, at::Tensor> r;
+  try {
+    r = call();
+  } catch (const c10::Error&) {
+    if (g_cudnn_expand_kv || G == 1) throw;
+    g_cudnn_expand_kv = true;  // this cuDNN has no grouped-query support: expand from now on
+    kk = expand_kv(k, G);
+    vv = expand_kv(v, G);
+    r = call();
+  }
+  g_cudnn_lse_dim = static_cast<int>(std::get<1>(r).dim());
+  return {std::get<0>(r).squeeze(0).transpose(0, 1), std::get<1>(r).reshape({Hq, n})};
+}
+
 AttnForward cudnn_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack,
                           double scale) {
-  const int64_t T = q.size(0), Hq = q.size(1), G = Hq / k.size(1);
+  const int64_t T = q.size(0), Hq = q.size(1);
   AttnForward f{torch::empty_like(q), torch::empty({Hq, T}, q.options().dtype(torch::kFloat32))};
-  auto kk = g_cudnn_expand_kv ? expand_kv(k, G) : k, vv = g_cudnn_expand_kv ? expand_kv(v, G) : v;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     if (n == 0) continue;
-    auto call = [&] {
-      return at::_scaled_dot_product_cudnn_attention(bhsd(q, s0, n), bhsd(kk, s0, n), bhsd(vv, s0, n), std::nullopt,
-                                                     /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
-    };
-    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, c10::SymInt, c10::SymInt, at::Tensor, at::Tensor, at::Tensor> r;
-    try {
-      r = call();
-    } catch (const c10::Error&) {
-      if (g_cudnn_expand_kv || G == 1) throw;
-      g_cudnn_expand_kv = true;  // this cuDNN has no grouped-query support: expand from now on
-      kk = expand_kv(k, G);
-      vv = expand_kv(v, G);
-      r = call();
-    }
-    f.out.narrow(0, s0, n).copy_(std::get<0>(r).squeeze(0).transpose(0, 1));
-    g_cudnn_lse_dim = static_cast<int>(std::get<1>(r).dim());
-    f.lse.narrow(1, s0, n).copy_(std::get<1>(r).reshape({Hq, n}));
+    auto r = cudnn_forward_sample(q.narrow(0, s0, n), k.narrow(0, s0, n), v.narrow(0, s0, n), scale);
+    f.out.narrow(0, s0, n).copy_(r.out);
+    f.lse.narrow(1, s0, n).copy_(r.lse);
   }
   return f;
 }
 
-AttnGrads cudnn_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                         const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, double scale) {
-  const int64_t Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
+// One sample's rows through cuDNN's backward (shapes as cudnn_forward_sample; lse [Hq, n]).
+AttnGrads cudnn_backward_sample(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                                const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse_s,
+                                double scale) {
+  const int64_t n = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   const bool expand = g_cudnn_expand_kv && G > 1;
   auto kk = expand ? expand_kv(k, G) : k, vv = expand ? expand_kv(v, G) : v;
-  AttnGrads out{torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
   auto i64 = q.options().dtype(torch::kInt64);
   auto seed = torch::zeros({}, i64), offset = torch::zeros({}, i64);
+  auto lse = lse_s.contiguous().view(g_cudnn_lse_dim == 4 ? std::vector<int64_t>{1, Hq, n, 1}
+                                                         : std::vector<int64_t>{1, Hq, n});
+  auto g = at::_scaled_dot_product_cudnn_attention_backward(
+      bhsd(dout, 0, n), bhsd(q, 0, n), bhsd(kk, 0, n), bhsd(vv, 0, n), bhsd(out, 0, n), lse, seed, offset,
+      at::Tensor(), at::Tensor(), at::Tensor(), n, n, 0.0, /*is_causal=*/true, scale);
+  auto dk = std::get<1>(g).squeeze(0).transpose(0, 1), dv = std::get<2>(g).squeeze(0).transpose(0, 1);
+  if (expand) {
+    dk = dk.reshape({n, Hkv, G, d}).sum(2);
+    dv = dv.reshape({n, Hkv, G, d}).sum(2);
+  }
+  return {std::get<0>(g).squeeze(0).transpose(0, 1), dk, dv};
+}
+
+AttnGrads cudnn_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                         const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, double scale) {
+  AttnGrads out{torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     if (n == 0) continue;
-    auto lse = fwd.lse.narrow(1, s0, n).contiguous().view(g_cudnn_lse_dim == 4 ? std::vector<int64_t>{1, Hq, n, 1}
-                                                                                : std::vector<int64_t>{1, Hq, n});
-    auto g = at::_scaled_dot_product_cudnn_attention_backward(
-        bhsd(dout, s0, n), bhsd(q, s0, n), bhsd(kk, s0, n), bhsd(vv, s0, n), bhsd(fwd.out, s0, n), lse, seed, offset,
-        at::Tensor(), at::Tensor(), at::Tensor(), n, n, 0.0, /*is_causal=*/true, scale);
-    out.dq.narrow(0, s0, n).copy_(std::get<0>(g).squeeze(0).transpose(0, 1));
-    auto dk = std::get<1>(g).squeeze(0).transpose(0, 1), dv = std::get<2>(g).squeeze(0).transpose(0, 1);
-    if (expand) {
-      dk = dk.reshape({n, Hkv, G, d}).sum(2);
-      dv = dv.reshape({n, Hkv, G, d}).sum(2);
-    }
-    out.dk.narrow(0, s0, n).copy_(dk);
-    out.dv.narrow(0, s0, n).copy_(dv);
+    auto rows = [&](const torch::Tensor& t) { return t.narrow(0, s0, n); };
+    auto g = cudnn_backward_sample(rows(dout), rows(q), rows(k), rows(v), rows(fwd.out), fwd.lse.narrow(1, s0, n), scale);
+    rows(out.dq).copy_(g.dq);
+    rows(out.dk).copy_(g.dk);
+    rows(out.dv).copy_(g.dv);
   }
   return out;
 }
@@ -418,6 +435,85 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
     return flash_backward(dout, q.contiguous(), k.contiguous(), v.contiguous(), fwd, pack, mask, scale);
   }
   return blocked_backward(dout, q, k, v, fwd, pack, mask, scale);
+}
+
+bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack) {
+  return uses_flash(q) && q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
+}
+
+namespace {
+
+void check_heads(const torch::Tensor& q, const Packing& pack, const std::vector<torch::Tensor>& heads) {
+  ELASTIC_CHECK(full_attention_per_sample(q, pack), "attention: head subsets run on cuDNN only");
+  ELASTIC_CHECK(static_cast<int64_t>(heads.size()) == pack.num_samples(),
+                "attention: " << heads.size() << " head lists for " << pack.num_samples() << " samples");
+}
+
+// Rows of sample [s0, s0 + n) at the KV heads `idx` (with their G query heads each): [n, m * G, d].
+torch::Tensor sample_heads(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv) {
+  const int64_t G = t.size(1) / Hkv, d = t.size(2);
+  return t.narrow(0, s0, n).view({n, Hkv, G, d}).index_select(1, idx).view({n, idx.numel() * G, d});
+}
+
+// Writes (or adds) src [n, m * G, d] into dst's rows [s0, s0 + n) at the KV heads `idx`.
+void put_sample_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_t s0, int64_t n,
+                      const torch::Tensor& idx, int64_t Hkv, bool accumulate) {
+  const int64_t G = dst.size(1) / Hkv, d = dst.size(2);
+  auto rows = dst.narrow(0, s0, n).view({n, Hkv, G, d});
+  auto vals = src.reshape({n, idx.numel(), G, d});
+  if (idx.numel() == Hkv) {
+    accumulate ? rows.add_(vals) : rows.copy_(vals);
+  } else {
+    accumulate ? rows.index_add_(1, idx, vals) : rows.index_copy_(1, idx, vals);
+  }
+}
+
+bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() == 0; }
+
+}  // namespace
+
+void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const Packing& pack, const std::vector<torch::Tensor>& heads, double scale,
+                                  const torch::Tensor& out) {
+  check_inputs(q, k, v, pack);
+  check_heads(q, pack, heads);
+  const int64_t Hkv = k.size(1);
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const auto& idx = heads[static_cast<size_t>(b)];
+    if (no_heads(idx)) continue;
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    auto sel = [&](const torch::Tensor& t) {
+      return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
+    };
+    auto f = cudnn_forward_sample(sel(qc), sel(kc), sel(vc), scale);
+    put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
+  }
+}
+
+void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                                   const std::vector<torch::Tensor>& heads, double scale, bool accumulate,
+                                   const AttnGrads& into) {
+  check_inputs(q, k, v, pack);
+  check_heads(q, pack, heads);
+  const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv;
+  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = fwd.out.contiguous(),
+       dc = dout.contiguous();
+  auto lse = fwd.lse.reshape({Hkv, G, T});
+  for (int64_t b = 0; b < pack.num_samples(); ++b) {
+    const auto& idx = heads[static_cast<size_t>(b)];
+    if (no_heads(idx)) continue;
+    const int64_t s0 = pack.begin(b), n = pack.length(b);
+    const bool all = idx.numel() == Hkv;
+    auto sel = [&](const torch::Tensor& t) { return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv); };
+    auto lse_s = lse.narrow(2, s0, n);
+    if (!all) lse_s = lse_s.index_select(0, idx);
+    auto g = cudnn_backward_sample(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}), scale);
+    put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
+    put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
+    put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);
+  }
 }
 
 namespace {

@@ -43,6 +43,21 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
 AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const Packing& pack, MaskSpec mask, double scale);
 
+// Full causal attention over some of each sample's KV heads (with their query groups), for the
+// hybrid attention's full-attention branch. Only where full attention runs one cuDNN call per
+// sample anyway (full_attention_per_sample): each sample's call then takes only its selected heads,
+// so the branch costs its share of the heads. heads[b]: sample b's KV heads, int64 on q's device
+// (undefined or empty: none). The forward writes `out` [T, Hq, d] at those heads; the backward
+// writes (or, with accumulate, adds) dq/dk/dv at those heads. Other heads are left untouched.
+bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack);
+void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                  const Packing& pack, const std::vector<torch::Tensor>& heads, double scale,
+                                  const torch::Tensor& out);
+void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                                   const std::vector<torch::Tensor>& heads, double scale, bool accumulate,
+                                   const AttnGrads& into);
+
 // Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const Packing& pack, MaskSpec mask, double scale);

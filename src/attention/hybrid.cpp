@@ -67,6 +67,31 @@ PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, tor
   return sel;
 }
 
+// Each sample's KV heads with a non-zero branch weight w_host [B, Hkv] (on the host), for the full-attention
+// branch where it runs one cuDNN call per sample: each call then takes only its sample's selected heads.
+std::vector<torch::Tensor> heads_per_sample(const torch::Tensor& w_host, torch::Device dev) {
+  auto nz = w_host.ne(0).contiguous();
+  auto acc = nz.accessor<bool, 2>();
+  std::vector<int64_t> all, count;
+  for (int64_t b = 0; b < nz.size(0); ++b) {
+    count.push_back(0);
+    for (int64_t h = 0; h < nz.size(1); ++h) {
+      if (!acc[b][h]) continue;
+      all.push_back(h);
+      ++count.back();
+    }
+  }
+  std::vector<torch::Tensor> heads(count.size());
+  if (all.empty()) return heads;
+  auto idx = util::to_device(all, dev);  // one copy for the whole pack
+  int64_t at = 0;
+  for (size_t b = 0; b < count.size(); ++b) {
+    if (count[b] > 0) heads[b] = idx.narrow(0, at, count[b]);
+    at += count[b];
+  }
+  return heads;
+}
+
 // Whether a pack's branches run over every head with dO weighted (short packs) rather than
 // over the gathered (sample, head) pairs of each branch.
 bool every_head(const Packing& pack) { return pack.max_len < g_gather_min_len; }
@@ -88,9 +113,15 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
     dv.add_(g.dv);
   };
   if (every_head(pack)) return all_heads();
+  const int64_t selected = w.ne(0).sum().item<int64_t>();
+  if (selected == 0) return;
+  if (selected == w.numel()) return all_heads();
+  if (mask.full() && full_attention_per_sample(q, pack)) {
+    // One cuDNN call per sample, as over every head, but on the sample's selected heads only.
+    return full_attention_backward_heads(dout_w, q, k, v, fwd, pack, heads_per_sample(w, q.device()), scale,
+                                         /*accumulate=*/!hard, AttnGrads{dq, dk, dv});
+  }
   auto sel = select_pairs(w, pack, q.device());
-  if (sel.selected == 0) return;
-  if (sel.all) return all_heads();
   auto q_s = sel.gather(q.view({T, Hkv, G, d}));  // [N,G,d]
   auto k_s = sel.gather(k).unsqueeze(1);           // [N,1,d]
   auto v_s = sel.gather(v).unsqueeze(1);
@@ -110,9 +141,14 @@ torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, 
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   auto out = torch::empty(q.sizes(), q.options());  // contiguous, as scatter_pairs needs
   for (auto [w, mask] : {std::pair{s_host, MaskSpec::causal()}, std::pair{1 - s_host, ssa}}) {
+    const int64_t selected = w.ne(0).sum().item<int64_t>();
+    if (selected == 0) continue;
+    if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale).out;
+    if (mask.full() && full_attention_per_sample(q, pack)) {
+      full_attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), scale, out);
+      continue;
+    }
     auto sel = select_pairs(w, pack, q.device());
-    if (sel.selected == 0) continue;
-    if (sel.all) return attention_forward(q, k, v, pack, mask, scale).out;
     auto o = attention_forward(sel.gather(q.view({T, Hkv, G, d})), sel.gather(k).unsqueeze(1),
                                sel.gather(v).unsqueeze(1), sel.pack, mask, scale)
                  .out;
