@@ -18,9 +18,9 @@ struct Run {
   std::vector<torch::Tensor> grads;
 };
 
-// A 3-layer fp64 Qwen3 with routers (random, so decisions differ per head) and the up projections
-// trainable.
-model::CausalLM make_model(torch::Device device) {
+// A 3-layer fp64 Qwen3 with routers (random, so decisions differ per head) and the backbone
+// parameters whose names contain `trainable` trainable.
+model::CausalLM make_model(torch::Device device, const std::string& trainable = "mlp.up_proj") {
   auto cfg = model::ModelConfig::from_json(
       {{"architectures", {"Qwen3ForCausalLM"}}, {"vocab_size", 64}, {"hidden_size", 32}, {"intermediate_size", 48},
        {"num_hidden_layers", 3}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 8}},
@@ -39,7 +39,7 @@ model::CausalLM make_model(torch::Device device) {
     for (auto& [n, p] : m->router_parameters()) p.normal_(0, 0.3);
   }
   for (auto& p : m->named_parameters())
-    if (p.key().find("mlp.up_proj") != std::string::npos) p.value().set_requires_grad(true);
+    if (p.key().find(trainable) != std::string::npos) p.value().set_requires_grad(true);
   return m;
 }
 
@@ -73,8 +73,9 @@ double train_pass(model::CausalLM& m, const torch::Tensor& ids, const torch::Ten
 }
 
 // keep_layers: the checkpointed run keeps the last N layers' activations instead of recomputing them.
-void same_gradients_with_and_without_recompute(torch::Device device, bool offload, int64_t keep_layers = 0) {
-  auto m = make_model(device);
+void same_gradients_with_and_without_recompute(torch::Device device, bool offload, int64_t keep_layers = 0,
+                                               const std::string& trainable = "mlp.up_proj") {
+  auto m = make_model(device, trainable);
   auto pack = attention::Packing::from_lengths({40, 25}, device);
   auto ids = torch::randint(64, {65});
   auto labels = torch::ones({65}, torch::kUInt8);
@@ -102,6 +103,13 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
 }  // namespace
 
 TEST(Checkpoint, SameGradientsWithAndWithoutRecompute) { same_gradients_with_and_without_recompute(torch::kCPU, false); }
+
+// The recompute stops before a frozen down projection (its output is never needed); a trainable one
+// needs its input and output gradient, so the whole layer is recomputed.
+TEST(Checkpoint, SameGradientsWithATrainableDownProjection) {
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "mlp.down_proj");
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "mlp.");
+}
 
 // train.keep_layers: the kept layers join the recomputed ones in one backward (1 of 3), or replace
 // them all (3 of 3).

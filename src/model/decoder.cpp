@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "attention/attention.h"
 #include "attention/hybrid.h"
@@ -97,9 +98,9 @@ MLPImpl::MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {
   down_proj = register_module("down_proj", Linear(cfg.intermediate_size, cfg.hidden_size, false, opts));
 }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
-  return down_proj->forward(swiglu(gate_proj->forward(x), up_proj->forward(x)));
-}
+torch::Tensor MLPImpl::activation(const torch::Tensor& x) { return swiglu(gate_proj->forward(x), up_proj->forward(x)); }
+
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) { return down_proj->forward(activation(x)); }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts) {
   self_attn = register_module("self_attn", SelfAttention(cfg, layer, opts));
@@ -109,12 +110,18 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const 
       register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
 }
 
-torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardContext& ctx) {
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_to_down_proj(const torch::Tensor& x,
+                                                                              ForwardContext& ctx) {
   // The attention's residual add goes into the second norm's kernel. The layer's last add stays
   // apart: its sum is the next layer's input, the tensor the checkpoint keeps and the next layer's
   // recompute starts from, so fusing it with that layer's first norm would cross the boundary.
   auto [h, y] = post_attention_layernorm->forward_add(x, self_attn->forward(input_layernorm->forward(x), ctx));
-  return h + mlp->forward(y);
+  return {h, mlp->activation(y)};
+}
+
+torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardContext& ctx) {
+  auto [h, act] = forward_to_down_proj(x, ctx);
+  return h + mlp->down_proj->forward(act);
 }
 
 namespace {
@@ -127,6 +134,26 @@ torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::
   auto out = layer.forward_plain(x, ctx);
   ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(x.device()) - before);
   return out;
+}
+
+// The recompute of a layer whose down projection is frozen stops before it: the backward needs only
+// dL/d(act) = dL/d(out) · W_down, never the projection's output, so its matmul (a sixth of the layer's
+// linear FLOPs at Qwen3-8B's shapes) would be thrown away. Returns {h, act}, out = h + down_proj(act).
+// The measurement counts what forward_plain would hold: the output (h's size) instead of act.
+std::pair<torch::Tensor, torch::Tensor> recompute_to_down_proj(DecoderLayerImpl& layer, const torch::Tensor& x,
+                                                               ForwardContext& ctx) {
+  if (!ctx.measure_layer_activations) return layer.forward_to_down_proj(x, ctx);
+  const auto before = allocated_bytes(x.device());
+  auto r = layer.forward_to_down_proj(x, ctx);
+  const auto held = allocated_bytes(x.device()) - before - static_cast<int64_t>(r.second.nbytes()) +
+                    static_cast<int64_t>(r.first.nbytes());
+  ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, held);
+  return r;
+}
+
+bool down_proj_frozen(const DecoderLayerImpl& layer) {
+  const auto& d = layer.mlp->down_proj;
+  return !d->weight.requires_grad() && !(d->bias.defined() && d->bias.requires_grad());
 }
 
 // Activation checkpointing of one decoder layer: the forward keeps only the layer input (on the
@@ -176,11 +203,16 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       x = actx->get_saved_variables()[0].detach();
     }
     x.requires_grad_(actx->needs_input_grad(0));
-    torch::Tensor out, s;
+    const bool skip_down = down_proj_frozen(*layer);
+    torch::Tensor out, act, s;
     {
       torch::AutoGradMode on(true);
       ctx->recomputing = true;
-      out = forward_holding_activations(*layer, x, *ctx);
+      if (skip_down) {
+        std::tie(out, act) = recompute_to_down_proj(*layer, x, *ctx);  // out holds h here
+      } else {
+        out = forward_holding_activations(*layer, x, *ctx);
+      }
       ctx->recomputing = false;
       // The recomputed decisions are this backward's, not the pass's record: take them back off.
       if (ctx->mode != RoutingMode::off) {
@@ -189,9 +221,15 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       }
     }
     std::vector<torch::Tensor> outs, gs;
-    if (out.requires_grad() && grads[0].defined()) {
-      outs.push_back(out);
-      gs.push_back(grads[0]);
+    if (grads[0].defined()) {
+      if (out.requires_grad()) {
+        outs.push_back(out);
+        gs.push_back(grads[0]);
+      }
+      if (skip_down && act.requires_grad()) {
+        outs.push_back(act);
+        gs.push_back(grads[0].matmul(layer->mlp->down_proj->weight));
+      }
     }
     if (s.defined() && s.requires_grad() && grads[1].defined() && grads[1].numel() > 0) {
       outs.push_back(s);

@@ -33,6 +33,8 @@ class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts);
   torch::Tensor forward(const torch::Tensor& x);
+  // swiglu(gate_proj(x), up_proj(x)): the down projection's input.
+  torch::Tensor activation(const torch::Tensor& x);
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -44,6 +46,8 @@ class DecoderLayerImpl : public torch::nn::Module {
   // are not kept: the backward recomputes the layer with the same Gumbel noise.
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
   torch::Tensor forward_plain(const torch::Tensor& x, ForwardContext& ctx);
+  // Everything but the down projection: {h, act} with output = h + mlp->down_proj(act).
+  std::pair<torch::Tensor, torch::Tensor> forward_to_down_proj(const torch::Tensor& x, ForwardContext& ctx);
   SelfAttention self_attn{nullptr};
   MLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
