@@ -37,7 +37,7 @@ for s in "$@"; do
       tail -4 "$OUT/build.log" ;;
     test)
       stage test
-      $BUILD/elastic_tests > "$OUT/tests.log" 2>&1
+      $BUILD/elastic_tests --gtest_filter="${TEST_FILTER:-*}" > "$OUT/tests.log" 2>&1
       rc=$?
       grep -E "^\[  (FAILED|PASSED|SKIPPED) |Failure|Expected|actual|Segmentation" "$OUT/tests.log" | head -40
       [ $rc -eq 0 ] || { echo "elastic_tests exit $rc; last lines:"; tail -15 "$OUT/tests.log"; status=1; } ;;
@@ -59,6 +59,18 @@ for s in "$@"; do
         M=$(model_dir $shape)
         $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-16384,32768,65536} --mix ${BENCH_MIX:-1,1,1} --steps 3 \
           ${BENCH_FLAGS:-} --out "$OUT/bench_train_$shape.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -8 || status=1
+      done ;;
+    bench-gather)
+      # The routing-aware backward (and no-grad forward) over the selected heads only, against every head
+      # with dO masked, by the longest-sample length from which heads are selected (GATHER_LENS).
+      stage bench-gather
+      for shape in ${BENCH_MODELS:-qwen3-8b}; do
+        M=$(model_dir $shape)
+        for g in ${GATHER_LENS:-0 8192}; do
+          $BUILD/elastic bench-train --model $M --tokens ${GATHER_TOKENS:-16384} --mix 1,1,1 --steps 3 --keep-layers auto \
+            --no-breakdown --gather-min-len $g ${BENCH_FLAGS:-} --out "$OUT/bench_gather_${shape}_$g.json" 2>&1 |
+            grep -E "T=|error" | tail -4 || status=1
+        done
       done ;;
     bench-longest)
       # The longest pack that trains, with checkpointed layer inputs on the GPU and offloaded to the host.
