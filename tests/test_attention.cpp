@@ -233,3 +233,56 @@ TEST(Hybrid, InferenceRunsOnlyTheSelectedBranchAndMatches) {
   }
   set_gather_min_len(saved);
 }
+
+// Full attention over a subset of each sample's KV heads (the hybrid's full-attention branch): the
+// selected heads equal full attention over every head, to fp64 rounding; every other head is left
+// as it was (NaN-poisoned here), and accumulate adds onto what is there.
+TEST(Attention, HeadSubsetsEqualFullAttentionAtTheirHeadsAndLeaveTheRest) {
+  torch::manual_seed(11);
+  auto pack = Packing::from_lengths({70, 9, 130, 40}, torch::kCPU);
+  const int64_t T = pack.tokens(), Hq = 6, Hkv = 3, G = Hq / Hkv, d = 8;
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto q = torch::randn({T, Hq, d}, f64), k = torch::randn({T, Hkv, d}, f64), v = torch::randn({T, Hkv, d}, f64);
+  auto dout = torch::randn({T, Hq, d}, f64);
+  const double scale = 0.3;
+  // Some heads (out of order), all, none, one.
+  const std::vector<std::vector<int64_t>> lists = {{2, 0}, {0, 1, 2}, {}, {1}};
+  std::vector<torch::Tensor> heads;
+  auto selected = torch::zeros({T, Hkv}, torch::kBool);
+  for (size_t b = 0; b < lists.size(); ++b) {
+    heads.push_back(lists[b].empty() ? torch::Tensor() : torch::tensor(lists[b], torch::kInt64));
+    for (auto h : lists[b]) selected.narrow(0, pack.begin(b), pack.length(b)).select(1, h).fill_(true);
+  }
+  ASSERT_TRUE(full_attention_per_sample(q, pack));
+  auto ref = attention_forward(q, k, v, pack, MaskSpec::causal(), scale);
+  auto gref = attention_backward(dout, q, k, v, ref, pack, MaskSpec::causal(), scale);
+  auto sel_q = selected.repeat_interleave(G, 1).unsqueeze(-1).expand({T, Hq, d});
+  auto sel_k = selected.unsqueeze(-1).expand({T, Hkv, d});
+  // Selected entries equal `want`, the others still hold `before`.
+  auto expect_at_heads = [&](const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& before,
+                             const torch::Tensor& sel, const char* name) {
+    EXPECT_LT(rel_err(got.masked_select(sel), want.masked_select(sel)), 1e-12) << name;
+    auto rest = got.masked_select(sel.logical_not()), rest_before = before.masked_select(sel.logical_not());
+    EXPECT_TRUE(rest.isnan().eq(rest_before.isnan()).all().item<bool>()) << name << ": an unselected head was written";
+    EXPECT_TRUE(rest.nan_to_num().eq(rest_before.nan_to_num()).all().item<bool>()) << name << ": an unselected head was written";
+  };
+
+  auto out = torch::full({T, Hq, d}, std::nan(""), f64);
+  full_attention_forward_heads(q, k, v, pack, heads, scale, out);
+  expect_at_heads(out, ref.out, torch::full_like(out, std::nan("")), sel_q, "out");
+
+  for (bool accumulate : {false, true}) {
+    SCOPED_TRACE(accumulate ? "accumulate" : "write");
+    // Written: NaN elsewhere must stay NaN. Added: onto random values.
+    auto init = [&](const torch::Tensor& like) {
+      return accumulate ? torch::randn(like.sizes(), f64) : torch::full(like.sizes(), std::nan(""), f64);
+    };
+    AttnGrads into{init(q), init(k), init(v)};
+    AttnGrads before{into.dq.clone(), into.dk.clone(), into.dv.clone()};
+    full_attention_backward_heads(dout, q, k, v, ref, pack, heads, scale, accumulate, into);
+    auto want = [&](const torch::Tensor& g, const torch::Tensor& b) { return accumulate ? b + g : g; };
+    expect_at_heads(into.dq, want(gref.dq, before.dq), before.dq, sel_q, "dq");
+    expect_at_heads(into.dk, want(gref.dk, before.dk), before.dk, sel_k, "dk");
+    expect_at_heads(into.dv, want(gref.dv, before.dv), before.dv, sel_k, "dv");
+  }
+}

@@ -438,13 +438,37 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
 }
 
 bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack) {
-  return uses_flash(q) && q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
+  if (!uses_flash(q)) return true;  // the blocked path runs sample by sample
+  return q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
 }
 
 namespace {
 
+// One sample's rows ([n, H, d] views or copies) through full causal attention: cuDNN, or the blocked
+// path where flash does not run. The blocked path reads only the packing's host offsets.
+Packing one_sample(int64_t n) {
+  Packing p;
+  p.cu = {0, n};
+  p.max_len = n;
+  return p;
+}
+
+AttnForward full_forward_sample(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  if (uses_flash(q)) return cudnn_forward_sample(q, k, v, scale);
+  AttnForward f;
+  blocked_forward(q, k, v, one_sample(q.size(0)), MaskSpec::causal(), scale, f.out, f.lse);
+  return f;
+}
+
+AttnGrads full_backward_sample(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, double scale) {
+  if (uses_flash(q)) return cudnn_backward_sample(dout, q, k, v, out, lse, scale);
+  return blocked_backward(dout, q, k, v, AttnForward{out, lse}, one_sample(q.size(0)), MaskSpec::causal(), scale);
+}
+
 void check_heads(const torch::Tensor& q, const Packing& pack, const std::vector<torch::Tensor>& heads) {
-  ELASTIC_CHECK(full_attention_per_sample(q, pack), "attention: head subsets run on cuDNN only");
+  ELASTIC_CHECK(full_attention_per_sample(q, pack),
+                "attention: head subsets run where full attention runs per sample (cuDNN or the blocked path)");
   ELASTIC_CHECK(static_cast<int64_t>(heads.size()) == pack.num_samples(),
                 "attention: " << heads.size() << " head lists for " << pack.num_samples() << " samples");
 }
@@ -486,7 +510,7 @@ void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k
     auto sel = [&](const torch::Tensor& t) {
       return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
     };
-    auto f = cudnn_forward_sample(sel(qc), sel(kc), sel(vc), scale);
+    auto f = full_forward_sample(sel(qc), sel(kc), sel(vc), scale);
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
   }
 }
@@ -509,7 +533,7 @@ void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tenso
     auto sel = [&](const torch::Tensor& t) { return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv); };
     auto lse_s = lse.narrow(2, s0, n);
     if (!all) lse_s = lse_s.index_select(0, idx);
-    auto g = cudnn_backward_sample(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}), scale);
+    auto g = full_backward_sample(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}), scale);
     put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);

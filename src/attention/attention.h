@@ -44,9 +44,9 @@ AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor&
                                     const Packing& pack, MaskSpec mask, double scale);
 
 // Full causal attention over some of each sample's KV heads (with their query groups), for the
-// hybrid attention's full-attention branch. Only where full attention runs one cuDNN call per
-// sample anyway (full_attention_per_sample): each sample's call then takes only its selected heads,
-// so the branch costs its share of the heads. heads[b]: sample b's KV heads, int64 on q's device
+// hybrid attention's full-attention branch. Only where full attention runs sample by sample anyway
+// (full_attention_per_sample: cuDNN, one call per sample, or the blocked path): each sample's call
+// then takes only its selected heads, so the branch costs its share of the heads. heads[b]: sample b's KV heads, int64 on q's device
 // (undefined or empty: none). The forward writes `out` [T, Hq, d] at those heads; the backward
 // writes (or, with accumulate, adds) dq/dk/dv at those heads. Other heads are left untouched.
 bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack);
