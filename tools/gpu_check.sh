@@ -122,6 +122,26 @@ for s in "$@"; do
         timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${REF_TOKENS:-16384,32768,65536} \
           --warmup 1 --steps ${REF_STEPS:-2} ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
       done ;;
+    warm-reference)
+      # The port's torch.compile work (inductor, Triton autotuning) for every shape and pack, on one layer,
+      # so the measured runs hit a warm cache: a fresh machine's first port run took 465 s before its first
+      # step. Meant to run in the background of the build.
+      stage warm-reference
+      for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
+        timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --layers 1 --tokens ${REF_TOKENS:-16384,32768,65536} \
+          --warmup 1 --steps 1 ${REF_FLAGS:-} 2>&1 | tail -2 || status=1
+      done ;;
+    bench-reference-same)
+      # The port keeping the layers this trainer kept (read from bench-train's $OUT/bench_train_<shape>.json).
+      stage bench-reference-same
+      for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
+        python3 -c "import json,sys; [print(r['tokens'], r['keep_layers']) for r in json.load(open(sys.argv[1]))['runs']]" \
+          "$OUT/bench_train_$shape.json" > /tmp/keep_$shape.txt || { status=1; continue; }
+        while read -r T k; do
+          timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens $T --keep-layers $k \
+            --warmup 1 --steps ${REF_STEPS:-2} ${REF_FLAGS:-} --out "$OUT/bench_reference_same_${shape}_$T.json" 2>&1 | tail -2 || status=1
+        done < /tmp/keep_$shape.txt
+      done ;;
     attn-backends)
       stage attn-backends
       python3 bench/attention_backends.py --out "$OUT/attention_backends.json" 2>&1 | tail -8 || status=1 ;;
