@@ -14,11 +14,12 @@ namespace elastic::attention {
 namespace {
 
 // Packs whose longest sample is shorter than this run each branch's backward over every head with
-// dO zeroed outside the branch instead of gathering the selected (sample, head) pairs: on the H100
-// the gathers and per-pair calls cost more than the skipped work for short samples. Qwen3-8B steps,
-// three equal samples (bench-train --gather-min-len): gathering is 12% slower at 5.5K-token samples,
-// 6% faster at 10.9K and 11% faster at 21.8K (docs/performance.md).
-std::atomic<int64_t> g_gather_min_len{8192};
+// dO zeroed outside the branch instead of over the selected heads. Off by default: since the full-
+// attention branch takes each sample's selected heads in one cuDNN call, selecting wins at every
+// measured length (H200, bench-train --gather-min-len 0 vs 1000000, docs/performance.md): Qwen3-8B
+// 8% faster steps at 5.5K-token samples and 15% at 10.9K; Qwen3-4B 14% and Llama-3.1-8B 10% at 5.5K.
+// Shorter samples were not measured; the switch stays for that A/B.
+std::atomic<int64_t> g_gather_min_len{0};
 
 // The (sample, kv head) pairs selected by a [B, Hkv] mask, as one pack of single-KV-head
 // sequences: row r of the gathered pack is token tok[r], kv head head[r] of the original.

@@ -4,10 +4,10 @@
 //
 // Custom autograd, routing-aware: the forward runs both branches (the router needs
 // dL/ds = <FA - SSA, dO>), the backward runs the attention backward only for the
-// (sample, head) pairs whose branch weight is non-zero (long packs; short ones mask dO
-// instead, see set_gather_min_len). With hard routing every pair is in exactly one branch,
-// so this is exact and costs one attention backward, not two. Without grad, long packs with
-// hard routing run only the selected branch of each pair.
+// (sample, head) pairs whose branch weight is non-zero (or, below set_gather_min_len, masks dO
+// over every head). With hard routing every pair is in exactly one branch, so this is exact
+// and costs one attention backward, not two. Without grad, hard routing runs only the
+// selected branch of each pair.
 #pragma once
 #include <torch/torch.h>
 
@@ -25,7 +25,7 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
 
 // The backward gathers the selected (sample, head) pairs, and a forward without grad runs only the
 // selected branch of each pair, for packs whose longest sample has at least this many tokens
-// (default 8192); shorter packs run both branches over every head (dO masked in the backward).
+// (default 0: always); shorter packs run both branches over every head (dO masked in the backward).
 void set_gather_min_len(int64_t tokens);
 int64_t gather_min_len();
 
