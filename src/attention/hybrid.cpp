@@ -24,8 +24,6 @@ std::atomic<int64_t> g_gather_min_len{0};
 // The (sample, kv head) pairs selected by a [B, Hkv] mask, as one pack of single-KV-head
 // sequences: row r of the gathered pack is token tok[r], kv head head[r] of the original.
 struct PairSelection {
-  int64_t selected = 0;
-  bool all = false;
   torch::Tensor tok, head;
   Packing pack;
   std::vector<torch::indexing::TensorIndex> index() const { return {tok, head}; }
@@ -38,14 +36,17 @@ struct PairSelection {
   }
 };
 
-// w_host: the branch weights [B, Hkv] on the host (callers copy the routing weights once a layer).
+// How many (sample, head) pairs of a branch weight w_host [B, Hkv] (on the host) are non-zero.
+int64_t count_selected(const torch::Tensor& w_host) {
+  ELASTIC_CHECK(w_host.is_cpu(), "hybrid attention: the branch weights must be on the host, got " << w_host.device());
+  return w_host.ne(0).sum().item<int64_t>();
+}
+
+// w_host: the branch weights [B, Hkv] on the host (callers copy the routing weights once a layer),
+// with some but not all pairs selected (count_selected).
 PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, torch::Device dev) {
-  ELASTIC_CHECK(w_host.is_cpu(), "select_pairs: the branch weights must be on the host, got " << w_host.device());
   PairSelection sel;
   auto nz = w_host.ne(0).contiguous();
-  sel.selected = nz.sum().item<int64_t>();
-  sel.all = sel.selected == nz.numel();
-  if (sel.selected == 0 || sel.all) return sel;
   std::vector<int64_t> lengths, starts, heads;
   int64_t rows = 0;
   auto acc = nz.accessor<bool, 2>();
@@ -114,7 +115,7 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
     dv.add_(g.dv);
   };
   if (every_head(pack)) return all_heads();
-  const int64_t selected = w.ne(0).sum().item<int64_t>();
+  const int64_t selected = count_selected(w);
   if (selected == 0) return;
   if (selected == w.numel()) return all_heads();
   if (mask.full() && full_attention_per_sample(q, pack)) {
@@ -142,7 +143,7 @@ torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, 
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
   auto out = torch::empty(q.sizes(), q.options());  // contiguous, as scatter_pairs needs
   for (auto [w, mask] : {std::pair{s_host, MaskSpec::causal()}, std::pair{1 - s_host, ssa}}) {
-    const int64_t selected = w.ne(0).sum().item<int64_t>();
+    const int64_t selected = count_selected(w);
     if (selected == 0) continue;
     if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale).out;
     if (mask.full() && full_attention_per_sample(q, pack)) {

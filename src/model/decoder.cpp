@@ -126,14 +126,20 @@ torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardCon
 
 namespace {
 
-// A layer's forward with grad; when asked, records the most any layer's activations held
-// (ForwardContext::layer_activation_bytes; what keeping a layer costs).
-torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
-  if (!ctx.measure_layer_activations) return layer.forward_plain(x, ctx);
+// Runs a layer's forward with grad; when asked, records the most any layer's activations held
+// (ForwardContext::layer_activation_bytes; what keeping a layer costs). not_kept(result): bytes the
+// allocation grew by that a kept layer would not hold.
+template <class Forward, class NotKept>
+auto measure_held(const torch::Tensor& x, ForwardContext& ctx, Forward forward, NotKept not_kept) {
+  if (!ctx.measure_layer_activations) return forward();
   const auto before = allocated_bytes(x.device());
-  auto out = layer.forward_plain(x, ctx);
-  ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(x.device()) - before);
-  return out;
+  auto r = forward();
+  ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, allocated_bytes(x.device()) - before - not_kept(r));
+  return r;
+}
+
+torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
+  return measure_held(x, ctx, [&] { return layer.forward_plain(x, ctx); }, [](const torch::Tensor&) { return int64_t{0}; });
 }
 
 // The recompute of a layer whose down projection is frozen stops before it: the backward needs only
@@ -142,13 +148,10 @@ torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::
 // The measurement counts what forward_plain would hold: the output (h's size) instead of act.
 std::pair<torch::Tensor, torch::Tensor> recompute_to_down_proj(DecoderLayerImpl& layer, const torch::Tensor& x,
                                                                ForwardContext& ctx) {
-  if (!ctx.measure_layer_activations) return layer.forward_to_down_proj(x, ctx);
-  const auto before = allocated_bytes(x.device());
-  auto r = layer.forward_to_down_proj(x, ctx);
-  const auto held = allocated_bytes(x.device()) - before - static_cast<int64_t>(r.second.nbytes()) +
-                    static_cast<int64_t>(r.first.nbytes());
-  ctx.layer_activation_bytes = std::max(ctx.layer_activation_bytes, held);
-  return r;
+  using Result = std::pair<torch::Tensor, torch::Tensor>;
+  return measure_held(x, ctx, [&] { return layer.forward_to_down_proj(x, ctx); }, [](const Result& r) {
+    return static_cast<int64_t>(r.second.nbytes()) - static_cast<int64_t>(r.first.nbytes());
+  });
 }
 
 bool down_proj_frozen(const DecoderLayerImpl& layer) {
