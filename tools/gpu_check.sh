@@ -62,11 +62,11 @@ for s in "$@"; do
       done ;;
     bench-gather)
       # The routing-aware backward (and no-grad forward) over the selected heads only, against every head
-      # with dO masked, by the longest-sample length from which heads are selected (GATHER_LENS).
+      # with dO masked: --gather-min-len for each of GATHER_LENS (0: selected everywhere; 1000000: every head).
       stage bench-gather
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
-        for g in ${GATHER_LENS:-0 8192}; do
+        for g in ${GATHER_LENS:-0 1000000}; do
           $BUILD/elastic bench-train --model $M --tokens ${GATHER_TOKENS:-16384} --mix 1,1,1 --steps 3 --keep-layers auto \
             --no-breakdown --gather-min-len $g ${BENCH_FLAGS:-} --out "$OUT/bench_gather_${shape}_$g.json" 2>&1 |
             grep -E "T=|error" | tail -4 || status=1
@@ -132,16 +132,15 @@ for s in "$@"; do
           --warmup 1 --steps 1 ${REF_FLAGS:-} 2>&1 | tail -2 || status=1
       done ;;
     bench-reference-same)
-      # The port keeping the layers this trainer kept (read from bench-train's $OUT/bench_train_<shape>.json).
+      # The port keeping the layers this trainer kept, read from bench-train's $OUT/bench_train_<shape>.json
+      # (bench/reference_keep_layers.sh runs the cells; its log is $OUT/reference_keep.log).
       stage bench-reference-same
-      for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
-        python3 -c "import json,sys; [print(r['tokens'], r['keep_layers']) for r in json.load(open(sys.argv[1]))['runs']]" \
-          "$OUT/bench_train_$shape.json" > /tmp/keep_$shape.txt || { status=1; continue; }
-        while read -r T k; do
-          timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens $T --keep-layers $k \
-            --warmup 1 --steps ${REF_STEPS:-2} ${REF_FLAGS:-} --out "$OUT/bench_reference_same_${shape}_$T.json" 2>&1 | tail -2 || status=1
-        done < /tmp/keep_$shape.txt
-      done ;;
+      cells=$(for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
+        python3 -c "import json,sys; [print(f\"{sys.argv[2]}:{r['tokens']}:{r['keep_layers']}\") for r in json.load(open(sys.argv[1]))['runs']]" \
+          "$OUT/bench_train_$shape.json" "$shape"
+      done) || status=1
+      CELLS="$cells" OUT="$OUT" bash bench/reference_keep_layers.sh || status=1
+      tail -20 "$OUT/reference_keep.log" ;;
     attn-backends)
       stage attn-backends
       python3 bench/attention_backends.py --out "$OUT/attention_backends.json" 2>&1 | tail -8 || status=1 ;;
