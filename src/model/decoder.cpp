@@ -166,8 +166,10 @@ bool down_proj_frozen(const DecoderLayerImpl& layer) {
 // sparsity objective's gradient reaches the router through the recompute.
 class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
  public:
+  // input_grad: whether the caller needs dL/dx. The first layer's input (frozen embeddings) does
+  // not; it is handed in requiring grad only so that this backward runs for the layer's router.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* actx, torch::Tensor x,
-                                                DecoderLayerImpl* layer, ForwardContext* ctx) {
+                                                DecoderLayerImpl* layer, ForwardContext* ctx, bool input_grad) {
     torch::Tensor out, s;
     {
       torch::NoGradGuard ng;
@@ -185,6 +187,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
       actx->save_for_backward({x});
     }
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    actx->saved_data["input_grad"] = input_grad;
     actx->saved_data["ctx"] = reinterpret_cast<int64_t>(ctx);
     // Autograd functions return defined tensors only: "no routing" travels as an empty tensor.
     if (!s.defined()) {
@@ -205,7 +208,9 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     } else {
       x = actx->get_saved_variables()[0].detach();
     }
-    x.requires_grad_(actx->needs_input_grad(0));
+    // Without an input gradient the recompute's backward reaches only the router: no q/k/v
+    // gradients, no attention backward over either branch.
+    x.requires_grad_(actx->needs_input_grad(0) && actx->saved_data["input_grad"].toBool());
     const bool skip_down = down_proj_frozen(*layer);
     torch::Tensor out, act, s;
     {
@@ -240,7 +245,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     }
     if (!outs.empty()) torch::autograd::backward(outs, gs);
     torch::Tensor gx = x.requires_grad() ? x.grad() : torch::Tensor();
-    return {gx, torch::Tensor(), torch::Tensor()};
+    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -249,7 +254,8 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
   if (!ctx.checkpoint || !torch::GradMode::is_enabled()) return forward_plain(x, ctx);
   torch::Tensor in = x;
-  if (!in.requires_grad()) {
+  const bool input_grad = x.requires_grad();
+  if (!input_grad) {
     // Trainable parameters inside the layer (its router's too) get gradients only if the
     // checkpoint's backward runs, which needs an input that requires grad.
     for (const auto& p : parameters()) {
@@ -259,7 +265,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& 
       }
     }
   }
-  auto r = CheckpointFn::apply(in, this, &ctx);
+  auto r = CheckpointFn::apply(in, this, &ctx, input_grad);
   // The recorded decisions become the differentiable ones.
   if (ctx.mode != RoutingMode::off) ctx.decisions.back() = r[1];
   return r[0];
