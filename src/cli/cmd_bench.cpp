@@ -198,11 +198,15 @@ int cmd_bench_train(int argc, char** argv) {
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
                     << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
-      // The step with the last step's decisions replayed and no router (the router share, below).
+      // The step with the last step's decisions replayed and no router (the router share, below). The
+      // decisions require grad, so the backward takes the step's paths: through every layer's
+      // attention to the decisions (ds), and no further than the first layer's.
       auto replay_step = [&] {
         auto ctx = step_context();
         ctx.mode = model::RoutingMode::fixed;
-        ctx.fixed_decisions = [&](int64_t l) { return last_decisions.at(static_cast<size_t>(l)); };
+        ctx.fixed_decisions = [&](int64_t l) {
+          return last_decisions.at(static_cast<size_t>(l)).detach().requires_grad_();
+        };
         auto h = m->forward_hidden(ids, ctx);
         auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
         (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
