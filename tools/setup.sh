@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-build}
 TORCH_VERSION=2.11.0
+CUDNN_FRONTEND_VERSION=1.32.0
 # libtorch_cpu from the PyPI wheel links CUDA's runtime and CUPTI (for its profiler); these two
 # small wheels provide them, so no CUDA install is needed for a CPU build.
 CUDA_RUNTIME_WHEELS="cuda-toolkit[cudart,cupti]==13.0.2"
@@ -43,6 +44,20 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 else
   say "torch==$TORCH_VERSION present in .venv"
+fi
+
+# cuDNN frontend headers (header-only C++; the wheel's Python module is never loaded): the CUDA
+# build's band-causal attention (src/attention/cudnn_band.cpp). Without them CMake builds without it.
+CFE_STAMP=.venv/.elastic-cudnn-frontend-$CUDNN_FRONTEND_VERSION
+if [ ! -f "$CFE_STAMP" ]; then
+  say "installing nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION headers into .venv"
+  if .venv/bin/pip install -q --no-deps "nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION"; then
+    touch "$CFE_STAMP"
+  else
+    say "warning: nvidia-cudnn-frontend not installed: streaming attention stays on FlashAttention-2"
+  fi
+else
+  say "nvidia-cudnn-frontend==$CUDNN_FRONTEND_VERSION present in .venv"
 fi
 
 JOBS=${JOBS:-$(nproc)}
