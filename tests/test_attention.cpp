@@ -234,10 +234,13 @@ TEST(Hybrid, InferenceRunsOnlyTheSelectedBranchAndMatches) {
   set_gather_min_len(saved);
 }
 
-// Full attention over a subset of each sample's KV heads (the hybrid's full-attention branch): the
-// selected heads equal full attention over every head, to fp64 rounding; every other head is left
-// as it was (NaN-poisoned here), and accumulate adds onto what is there.
-TEST(Attention, HeadSubsetsEqualFullAttentionAtTheirHeadsAndLeaveTheRest) {
+// Attention over a subset of each sample's KV heads (the hybrid's branches), full and streaming: the
+// selected heads equal attention over every head, to fp64 rounding; every other head is left as it
+// was (NaN-poisoned here), and accumulate adds onto what is there.
+class HeadSubsets : public ::testing::TestWithParam<MaskSpec> {};
+
+TEST_P(HeadSubsets, EqualAttentionAtTheirHeadsAndLeaveTheRest) {
+  const MaskSpec mask = GetParam();
   torch::manual_seed(11);
   auto pack = Packing::from_lengths({70, 9, 130, 40}, torch::kCPU);
   const int64_t T = pack.tokens(), Hq = 6, Hkv = 3, G = Hq / Hkv, d = 8;
@@ -253,9 +256,10 @@ TEST(Attention, HeadSubsetsEqualFullAttentionAtTheirHeadsAndLeaveTheRest) {
     heads.push_back(lists[b].empty() ? torch::Tensor() : torch::tensor(lists[b], torch::kInt64));
     for (auto h : lists[b]) selected.narrow(0, pack.begin(b), pack.length(b)).select(1, h).fill_(true);
   }
-  ASSERT_TRUE(full_attention_per_sample(q, pack));
-  auto ref = attention_forward(q, k, v, pack, MaskSpec::causal(), scale);
-  auto gref = attention_backward(dout, q, k, v, ref, pack, MaskSpec::causal(), scale);
+  // The blocked (CPU) path runs full attention sample by sample anyway.
+  if (mask.full()) EXPECT_TRUE(per_sample_heads(q, pack, mask, /*backward=*/true));
+  auto ref = attention_forward(q, k, v, pack, mask, scale);
+  auto gref = attention_backward(dout, q, k, v, ref, pack, mask, scale);
   auto sel_q = selected.repeat_interleave(G, 1).unsqueeze(-1).expand({T, Hq, d});
   auto sel_k = selected.unsqueeze(-1).expand({T, Hkv, d});
   // Selected entries equal `want`, the others still hold `before`.
@@ -268,7 +272,7 @@ TEST(Attention, HeadSubsetsEqualFullAttentionAtTheirHeadsAndLeaveTheRest) {
   };
 
   auto out = torch::full({T, Hq, d}, std::nan(""), f64);
-  full_attention_forward_heads(q, k, v, pack, heads, scale, out);
+  attention_forward_heads(q, k, v, pack, heads, mask, scale, out);
   expect_at_heads(out, ref.out, torch::full_like(out, std::nan("")), sel_q, "out");
 
   for (bool accumulate : {false, true}) {
@@ -279,10 +283,14 @@ TEST(Attention, HeadSubsetsEqualFullAttentionAtTheirHeadsAndLeaveTheRest) {
     };
     AttnGrads into{init(q), init(k), init(v)};
     AttnGrads before{into.dq.clone(), into.dk.clone(), into.dv.clone()};
-    full_attention_backward_heads(dout, q, k, v, ref, pack, heads, scale, accumulate, into);
+    attention_backward_heads(dout, q, k, v, ref, pack, heads, mask, scale, accumulate, into);
     auto want = [&](const torch::Tensor& g, const torch::Tensor& b) { return accumulate ? b + g : g; };
     expect_at_heads(into.dq, want(gref.dq, before.dq), before.dq, sel_q, "dq");
     expect_at_heads(into.dk, want(gref.dk, before.dk), before.dk, sel_k, "dk");
     expect_at_heads(into.dv, want(gref.dv, before.dv), before.dv, sel_k, "dv");
   }
 }
+
+// Streaming with samples longer and shorter than sink + window.
+INSTANTIATE_TEST_SUITE_P(Attention, HeadSubsets, ::testing::Values(MaskSpec::causal(), MaskSpec::streaming(3, 16)),
+                         [](const auto& info) { return info.param.full() ? "full" : "streaming"; });

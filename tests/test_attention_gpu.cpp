@@ -1,5 +1,6 @@
-// GPU attention in bf16 (full causal on flash and on cuDNN, streaming on flash) against the
-// exact blocked path in fp64. Skipped without a GPU.
+// GPU attention in bf16 (full causal on flash and on cuDNN, streaming's window band on flash and,
+// where the build has the cuDNN frontend, on cuDNN) against the exact blocked path in fp64.
+// Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include "attention/attention.h"
@@ -22,15 +23,20 @@ Inputs make(int64_t T, int64_t hq, int64_t hkv, int64_t d) {
 
 torch::Tensor f64(const torch::Tensor& t) { return t.detach().to(torch::kFloat64).requires_grad_(t.requires_grad()); }
 
-// Each test runs once per full-attention backend; the default is restored afterwards.
+// Each test runs once per backend, full attention and streaming's band alike ("cudnn": both
+// directions); the defaults are restored afterwards.
 class AttentionGpu : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
     set_full_attention_backend(GetParam());
+    set_streaming_backend(GetParam());
   }
-  void TearDown() override { set_full_attention_backend(saved_); }
-  std::string saved_ = full_attention_backend();
+  void TearDown() override {
+    set_full_attention_backend(saved_full_);
+    set_streaming_backend(saved_streaming_);
+  }
+  std::string saved_full_ = full_attention_backend(), saved_streaming_ = streaming_backend();
 };
 
 }  // namespace

@@ -1,8 +1,10 @@
 #include "attention/attention.h"
 
+#include <algorithm>
 #include <atomic>
 #include <limits>
 
+#include "attention/cudnn_band.h"
 #include "attention/sink_merge.h"
 #include "attention/sink_rows.h"
 #include "attention/streaming_kernel.h"
@@ -18,7 +20,19 @@ std::atomic<bool> g_fp32_in_bf16{false};
 // Full-attention backend: 0 auto, 1 flash, 2 cudnn.
 std::atomic<int> g_full_backend{0};
 
-// Full causal attention only (cuDNN has no window). auto: cuDNN for packs of long samples
+// Streaming attention's window band: 0 auto, 1 flash, 2 cuDNN in the backward, 3 cuDNN both ways.
+std::atomic<int> g_streaming_backend{0};
+
+// Whether cuDNN runs the window band of streaming attention in this direction.
+bool band_on_cudnn(const torch::Tensor& q, bool backward) {
+  const int b = g_streaming_backend;
+  // auto: flash. cuDNN's band ran no faster (Qwen3-8B, 64K, H200: 6,715 ms steps with flash,
+  // 6,764 with cuDNN's backward, 6,726 with both directions on cuDNN).
+  const bool want = backward ? b >= 2 : b == 3;
+  return want && cudnn_band_supported(q);
+}
+
+// Full causal attention only (cuDNN's band serves streaming attention, attention/cudnn_band.h). auto: cuDNN for packs of long samples
 // (per-sample calls; 1.17x flash on a Qwen3-4B step at 64K on the H100), flash for many short
 // ones, where one varlen launch wins.
 bool use_cudnn(const Packing& pack, MaskSpec mask) {
@@ -184,8 +198,19 @@ SinkKeys sink_keys(const Packing& pack, MaskSpec mask, torch::Device dev) {
   return s;
 }
 
-AttnForward flash_forward_composed(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                   const Packing& pack, MaskSpec mask, double scale) {
+// The window band of every sequence of the pack: FlashAttention-2 in one varlen launch, or cuDNN
+// one sequence at a time on strided views of the pack.
+AttnForward band_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                         const Packing& pack, MaskSpec mask, double scale) {
+  if (!mask.full() && band_on_cudnn(q, /*backward=*/false)) {
+    AttnForward f{torch::empty_like(q), torch::empty({q.size(1), q.size(0)}, q.options().dtype(torch::kFloat32))};
+    for (int64_t b = 0; b < pack.num_samples(); ++b) {
+      const int64_t s0 = pack.begin(b), n = pack.length(b);
+      auto rows = [&](const torch::Tensor& t) { return t.narrow(0, s0, n); };
+      cudnn_band_forward(rows(q), rows(k), rows(v), mask.window, scale, rows(f.out), f.lse.narrow(1, s0, n));
+    }
+    return f;
+  }
   std::optional<int64_t> wl, wr;
   if (!mask.full()) {
     wl = mask.window - 1;
@@ -193,7 +218,12 @@ AttnForward flash_forward_composed(const torch::Tensor& q, const torch::Tensor& 
   }
   auto r = at::_flash_attention_forward(q, k, v, pack.cu_i32, pack.cu_i32, pack.max_len, pack.max_len, 0.0,
                                         /*is_causal=*/true, /*return_debug_mask=*/false, scale, wl, wr);
-  AttnForward f{std::get<0>(r), std::get<1>(r)};
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
+AttnForward flash_forward_composed(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const Packing& pack, MaskSpec mask, double scale) {
+  AttnForward f = band_forward(q, k, v, pack, mask, scale);
   merge_sink_prefix_rows(q, k, v, pack, mask, scale, f);
   auto sk = sink_keys(pack, mask, q.device());
   if (!sk.empty()) {
@@ -214,7 +244,7 @@ torch::Tensor aligned16(const torch::Tensor& t) {
 // 1.36x the composition at 64K tokens on the H100, docs/performance.md).
 AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const Packing& pack, MaskSpec mask, double scale) {
-  if (streaming_kernel_supports(q, mask))
+  if (streaming_kernel_supports(q, mask) && !band_on_cudnn(q, /*backward=*/false))
     return streaming_attention_kernel(aligned16(q), aligned16(k), aligned16(v), pack, mask, scale);
   return flash_forward_composed(q, k, v, pack, mask, scale);
 }
@@ -320,10 +350,23 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
   }
   auto empty = torch::empty({0}, q.options().dtype(torch::kInt64));
   auto dout_c = dout.contiguous();
-  auto g = at::_flash_attention_backward(dout_c, q, k, v, fwd.out, fwd.lse, pack.cu_i32, pack.cu_i32,
-                                         pack.max_len, pack.max_len, 0.0, /*is_causal=*/true, empty, empty, scale,
-                                         wl, wr);
-  AttnGrads out{std::get<0>(g), std::get<1>(g), std::get<2>(g)};
+  AttnGrads out;
+  if (!mask.full() && band_on_cudnn(q, /*backward=*/true)) {
+    // Given the merged output and log-sum-exp, cuDNN's band backward is the window keys' share, as
+    // flash's is below.
+    out = {torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
+    for (int64_t b = 0; b < pack.num_samples(); ++b) {
+      const int64_t s0 = pack.begin(b), n = pack.length(b);
+      auto rows = [&](const torch::Tensor& t) { return t.narrow(0, s0, n); };
+      cudnn_band_backward(rows(dout_c), rows(q), rows(k), rows(v), rows(fwd.out), fwd.lse.narrow(1, s0, n),
+                          mask.window, scale, rows(out.dq), rows(out.dk), rows(out.dv));
+    }
+  } else {
+    auto g = at::_flash_attention_backward(dout_c, q, k, v, fwd.out, fwd.lse, pack.cu_i32, pack.cu_i32,
+                                           pack.max_len, pack.max_len, 0.0, /*is_causal=*/true, empty, empty,
+                                           scale, wl, wr);
+    out = {std::get<0>(g), std::get<1>(g), std::get<2>(g)};
+  }
   sink_prefix_rows_backward(dout, q, k, v, fwd, pack, mask, scale, out);
   auto sk = sink_keys(pack, mask, q.device());
   if (!sk.empty()) {
@@ -368,14 +411,28 @@ void set_force_blocked(bool on) { g_force_blocked = on; }
 void set_fp32_attention_in_bf16(bool on) { g_fp32_in_bf16 = on; }
 
 void set_full_attention_backend(const std::string& name) {
-  ELASTIC_CHECK(name == "auto" || name == "flash" || name == "cudnn",
-                "attention backend must be 'auto', 'flash' or 'cudnn', got '" << name << "'");
-  g_full_backend = name == "flash" ? 1 : name == "cudnn" ? 2 : 0;
+  const std::vector<std::string> names{"auto", "flash", "cudnn"};
+  auto it = std::find(names.begin(), names.end(), name);
+  ELASTIC_CHECK(it != names.end(), "attention backend must be 'auto', 'flash' or 'cudnn', got '" << name << "'");
+  g_full_backend = static_cast<int>(it - names.begin());
 }
 
 std::string full_attention_backend() {
-  const int b = g_full_backend;
-  return b == 1 ? "flash" : b == 2 ? "cudnn" : "auto";
+  const std::vector<std::string> names{"auto", "flash", "cudnn"};
+  return names[static_cast<size_t>(g_full_backend.load())];
+}
+
+void set_streaming_backend(const std::string& name) {
+  const std::vector<std::string> names{"auto", "flash", "cudnn-bwd", "cudnn"};
+  auto it = std::find(names.begin(), names.end(), name);
+  ELASTIC_CHECK(it != names.end(),
+                "streaming attention backend must be 'auto', 'flash', 'cudnn-bwd' or 'cudnn', got '" << name << "'");
+  g_streaming_backend = static_cast<int>(it - names.begin());
+}
+
+std::string streaming_backend() {
+  const std::vector<std::string> names{"auto", "flash", "cudnn-bwd", "cudnn"};
+  return names[static_cast<size_t>(g_streaming_backend.load())];
 }
 
 bool uses_flash(const torch::Tensor& q) {
@@ -437,38 +494,38 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
   return blocked_backward(dout, q, k, v, fwd, pack, mask, scale);
 }
 
+namespace {
+
 bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack) {
   if (!uses_flash(q)) return true;  // the blocked path runs sample by sample
   return q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
 }
 
-namespace {
-
-// One sample's rows ([n, H, d] views or copies) through full causal attention: cuDNN, or the blocked
-// path where flash does not run. The blocked path reads only the packing's host offsets.
-Packing one_sample(int64_t n) {
+// One sample's rows ([n, H, d] views or copies) as a pack of their own. The blocked path reads only
+// the host offsets; flash's streaming path also needs the device-side positions.
+Packing one_sample(const torch::Tensor& q) {
+  const int64_t n = q.size(0);
+  if (uses_flash(q)) return Packing::from_lengths({n}, q.device());
   Packing p;
   p.cu = {0, n};
   p.max_len = n;
   return p;
 }
 
-AttnForward full_forward_sample(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  if (uses_flash(q)) return cudnn_forward_sample(q, k, v, scale);
-  AttnForward f;
-  blocked_forward(q, k, v, one_sample(q.size(0)), MaskSpec::causal(), scale, f.out, f.lse);
-  return f;
+AttnForward sample_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, MaskSpec mask,
+                           double scale) {
+  if (mask.full() && uses_flash(q)) return cudnn_forward_sample(q, k, v, scale);
+  return attention_forward(q, k, v, one_sample(q), mask, scale);
 }
 
-AttnGrads full_backward_sample(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                               const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, double scale) {
-  if (uses_flash(q)) return cudnn_backward_sample(dout, q, k, v, out, lse, scale);
-  return blocked_backward(dout, q, k, v, AttnForward{out, lse}, one_sample(q.size(0)), MaskSpec::causal(), scale);
+AttnGrads sample_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                          const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, MaskSpec mask,
+                          double scale) {
+  if (mask.full() && uses_flash(q)) return cudnn_backward_sample(dout, q, k, v, out, lse, scale);
+  return attention_backward(dout, q, k, v, AttnForward{out, lse}, one_sample(q), mask, scale);
 }
 
-void check_heads(const torch::Tensor& q, const Packing& pack, const std::vector<torch::Tensor>& heads) {
-  ELASTIC_CHECK(full_attention_per_sample(q, pack),
-                "attention: head subsets run where full attention runs per sample (cuDNN or the blocked path)");
+void check_heads(const Packing& pack, const std::vector<torch::Tensor>& heads) {
   ELASTIC_CHECK(static_cast<int64_t>(heads.size()) == pack.num_samples(),
                 "attention: " << heads.size() << " head lists for " << pack.num_samples() << " samples");
 }
@@ -496,11 +553,16 @@ bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() =
 
 }  // namespace
 
-void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                  const Packing& pack, const std::vector<torch::Tensor>& heads, double scale,
-                                  const torch::Tensor& out) {
+bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask, bool backward) {
+  if (mask.full()) return full_attention_per_sample(q, pack);
+  return uses_flash(q) && q.scalar_type() != torch::kFloat32 && band_on_cudnn(q, backward);
+}
+
+void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const Packing& pack, const std::vector<torch::Tensor>& heads, MaskSpec mask,
+                             double scale, const torch::Tensor& out) {
   check_inputs(q, k, v, pack);
-  check_heads(q, pack, heads);
+  check_heads(pack, heads);
   const int64_t Hkv = k.size(1);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
@@ -510,17 +572,17 @@ void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k
     auto sel = [&](const torch::Tensor& t) {
       return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
     };
-    auto f = full_forward_sample(sel(qc), sel(kc), sel(vc), scale);
+    auto f = sample_forward(sel(qc), sel(kc), sel(vc), mask, scale);
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
   }
 }
 
-void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                                   const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
-                                   const std::vector<torch::Tensor>& heads, double scale, bool accumulate,
-                                   const AttnGrads& into) {
+void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                              const std::vector<torch::Tensor>& heads, MaskSpec mask, double scale, bool accumulate,
+                              const AttnGrads& into) {
   check_inputs(q, k, v, pack);
-  check_heads(q, pack, heads);
+  check_heads(pack, heads);
   const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv;
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = fwd.out.contiguous(),
        dc = dout.contiguous();
@@ -533,7 +595,8 @@ void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tenso
     auto sel = [&](const torch::Tensor& t) { return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv); };
     auto lse_s = lse.narrow(2, s0, n);
     if (!all) lse_s = lse_s.index_select(0, idx);
-    auto g = full_backward_sample(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}), scale);
+    auto g = sample_backward(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}).contiguous(), mask,
+                             scale);
     put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);

@@ -10,8 +10,8 @@
 //    device and dtype (the exact path used on CPU and as the reference);
 //  * flash: on CUDA for fp16/bf16, full attention through FlashAttention-2 or cuDNN;
 //    streaming attention's forward through our one-launch sink + window kernel
-//    (kernels/streaming_attention.cu), its backward through FlashAttention-2 with the sink
-//    part merged exactly through the log-sum-exp.
+//    (kernels/streaming_attention.cu) or cuDNN's band, its backward through FlashAttention-2 or
+//    cuDNN's band, with the sink part merged exactly through the log-sum-exp.
 // Neither builds a tokens x tokens tensor: the blocked path holds at most
 // block x visible-keys scores per head at a time.
 #pragma once
@@ -43,20 +43,22 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
 AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const Packing& pack, MaskSpec mask, double scale);
 
-// Full causal attention over some of each sample's KV heads (with their query groups), for the
-// hybrid attention's full-attention branch. Only where full attention runs sample by sample anyway
-// (full_attention_per_sample: cuDNN, one call per sample, or the blocked path): each sample's call
-// then takes only its selected heads, so the branch costs its share of the heads. heads[b]: sample b's KV heads, int64 on q's device
-// (undefined or empty: none). The forward writes `out` [T, Hq, d] at those heads; the backward
-// writes (or, with accumulate, adds) dq/dk/dv at those heads. Other heads are left untouched.
-bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack);
-void full_attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                  const Packing& pack, const std::vector<torch::Tensor>& heads, double scale,
-                                  const torch::Tensor& out);
-void full_attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                                   const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
-                                   const std::vector<torch::Tensor>& heads, double scale, bool accumulate,
-                                   const AttnGrads& into);
+// Attention over some of each sample's KV heads (with their query groups), for the hybrid attention's
+// branches, one call per sample on that sample's selected heads, so a branch costs its share of the
+// heads. heads[b]: sample b's KV heads, int64 on q's device (undefined or empty: none). The forward
+// writes `out` [T, Hq, d] at those heads; the backward writes (or, with accumulate, adds) dq/dk/dv at
+// those heads. Other heads are left untouched. Works for any mask and device; per_sample_heads says
+// where it is the fast path: full attention where it runs sample by sample anyway (cuDNN, or the
+// blocked path), streaming attention where cuDNN runs its band (set_streaming_backend) in that
+// direction.
+bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask, bool backward);
+void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const Packing& pack, const std::vector<torch::Tensor>& heads, MaskSpec mask,
+                             double scale, const torch::Tensor& out);
+void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
+                              const std::vector<torch::Tensor>& heads, MaskSpec mask, double scale,
+                              bool accumulate, const AttnGrads& into);
 
 // Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -68,10 +70,18 @@ void set_force_blocked(bool on);
 // fp32 logits) instead of the exact blocked path. Off by default; the trainer turns it on.
 void set_fp32_attention_in_bf16(bool on);
 // Kernel for full causal attention on GPUs in bf16/fp16: "flash" (FlashAttention-2), "cudnn"
-// (cuDNN fused attention, per sample) or "auto" (the default: cuDNN when the longest sample has
-// at least 1024 tokens). Streaming attention always runs on flash (cuDNN has no window).
+// (cuDNN fused attention through PyTorch's operator, per sample) or "auto" (the default: cuDNN when
+// the longest sample has at least 1024 tokens). PyTorch caches cuDNN's plans per shape: each new
+// sample length (and, for the hybrid branches, head count) builds new ones, 40-1,700 ms each
+// (bench/results/cudnn_new_length_h200.json); bench-train --vary-lengths measures what that costs.
 void set_full_attention_backend(const std::string& name);
 std::string full_attention_backend();
+// Streaming attention's window band on GPUs: "flash" (forward: our one-launch kernel; backward:
+// FlashAttention-2), "cudnn-bwd" (the backward's band through cuDNN, per sample), "cudnn" (both
+// directions through cuDNN) or "auto". The sink part stays exact through the log-sum-exp either way.
+// cuDNN needs this build to have the cuDNN frontend (attention/cudnn_band.h); elsewhere flash runs.
+void set_streaming_backend(const std::string& name);
+std::string streaming_backend();
 bool uses_flash(const torch::Tensor& q);
 
 // Keys visible to query rows [a, b) of one sample, as at most two half-open ranges.

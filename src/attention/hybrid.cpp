@@ -69,8 +69,8 @@ PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, tor
   return sel;
 }
 
-// Each sample's KV heads with a non-zero branch weight w_host [B, Hkv] (on the host), for the full-attention
-// branch where it runs one cuDNN call per sample: each call then takes only its sample's selected heads.
+// Each sample's KV heads with a non-zero branch weight w_host [B, Hkv] (on the host), for a branch that
+// runs one call per sample (per_sample_heads): each call then takes only its sample's selected heads.
 std::vector<torch::Tensor> heads_per_sample(const torch::Tensor& w_host, torch::Device dev) {
   auto nz = w_host.ne(0).contiguous();
   auto acc = nz.accessor<bool, 2>();
@@ -118,10 +118,10 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
   const int64_t selected = count_selected(w);
   if (selected == 0) return;
   if (selected == w.numel()) return all_heads();
-  if (mask.full() && full_attention_per_sample(q, pack)) {
+  if (per_sample_heads(q, pack, mask, /*backward=*/true)) {
     // One cuDNN call per sample, as over every head, but on the sample's selected heads only.
-    return full_attention_backward_heads(dout_w, q, k, v, fwd, pack, heads_per_sample(w, q.device()), scale,
-                                         /*accumulate=*/!hard, AttnGrads{dq, dk, dv});
+    return attention_backward_heads(dout_w, q, k, v, fwd, pack, heads_per_sample(w, q.device()), mask, scale,
+                                    /*accumulate=*/!hard, AttnGrads{dq, dk, dv});
   }
   auto sel = select_pairs(w, pack, q.device());
   auto q_s = sel.gather(q.view({T, Hkv, G, d}));  // [N,G,d]
@@ -146,8 +146,8 @@ torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, 
     const int64_t selected = count_selected(w);
     if (selected == 0) continue;
     if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale).out;
-    if (mask.full() && full_attention_per_sample(q, pack)) {
-      full_attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), scale, out);
+    if (per_sample_heads(q, pack, mask, /*backward=*/false)) {
+      attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), mask, scale, out);
       continue;
     }
     auto sel = select_pairs(w, pack, q.device());
