@@ -4,6 +4,7 @@
 #include <chrono>
 #include <iostream>
 
+#include "attention/cudnn_band.h"
 #include "attention/hybrid.h"
 #include "cli/args.h"
 #include "cli/bench_util.h"
@@ -61,20 +62,23 @@ json profile_difference(const util::KernelProfile& a, const util::KernelProfile&
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
          {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace",
-          "keep-layers"},
-         {"help", "no-checkpoint", "offload", "no-breakdown", "profile"});
+          "keep-layers", "ssa-backend"},
+         {"help", "no-checkpoint", "offload", "no-breakdown", "profile", "vary-lengths"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
                  "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --offload --no-breakdown\n"
                  "  --profile --out result.json]\n"
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
                  "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
+                 "--ssa-backend auto|flash|cudnn-bwd|cudnn: streaming attention's window band (default auto).\n"
                  "--profile: one more step under the CUDA profiler: device time by kernel and category.\n"
                  "--trace PREFIX: with --profile, also the Chrome trace of that step, PREFIX_<tokens>.json\n"
                  "  (tools/trace_gaps.py says what the host did while the GPU idled).\n"
                  "--gather-min-len N: below this longest-sample length the routing-aware backward masks dO over every\n"
                  "  head instead of running the selected heads (default 0: always selected).\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
+                 "--vary-lengths: each step's samples get lengths no earlier step had (as real data does), so\n"
+                 "  per-shape costs (cuDNN plans) count; the report adds the cuDNN plans built in the warm-up and timed steps.\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
                  "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
@@ -87,6 +91,7 @@ int cmd_bench_train(int argc, char** argv) {
   const auto& mc = m->config();
   if (a.has("fa-backend")) attention::set_full_attention_backend(a.get("fa-backend", ""));
   if (a.has("gather-min-len")) attention::set_gather_min_len(a.get_int("gather-min-len", 0));
+  if (a.has("ssa-backend")) attention::set_streaming_backend(a.get("ssa-backend", ""));
   router::RouterOptions ro;
   ro.head_dim = mc.head_dim;
   torch::manual_seed(0);
@@ -117,20 +122,40 @@ int cmd_bench_train(int argc, char** argv) {
   result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
   bool measure_layers = false;  // the --keep-layers auto step measures a layer's activations
   result["fa_backend"] = attention::full_attention_backend();
+  result["ssa_backend"] = attention::streaming_backend();
+  const bool vary = a.flag("vary-lengths");
   for (int64_t T : sizes) {
     const auto lengths = mixed_lengths(T, mix);
-    json run = {{"tokens", T}, {"samples", lengths}};
+    json run = {{"tokens", T}, {"samples", lengths}, {"vary_lengths", vary}};
     try {
-      auto pack = attention::Packing::from_lengths(lengths, device);
       auto ids = torch::randint(mc.vocab_size, {T}, torch::TensorOptions().dtype(torch::kInt64));
-      // Labels on the last 5% of each sample (the answer of an SFT sample).
-      auto labels = torch::zeros({T}, torch::kUInt8);
-      for (int64_t b = 0; b < nsamples; ++b) {
-        const int64_t n = lengths[b], k = std::max<int64_t>(1, n / 20);
-        labels.narrow(0, pack.cu[b + 1] - k, k).fill_(1);
-      }
+      attention::Packing pack;
+      torch::Tensor labels;
       std::vector<router::PromptRange> prompts;
-      for (auto n : lengths) prompts.push_back({0, n - std::max<int64_t>(1, n / 20)});
+      // The pack's samples: labels on the last 5% of each (the answer of an SFT sample).
+      auto set_lengths = [&](const std::vector<int64_t>& ls) {
+        pack = attention::Packing::from_lengths(ls, device);
+        labels = torch::zeros({T}, torch::kUInt8);
+        prompts.clear();
+        for (size_t b = 0; b < ls.size(); ++b) {
+          const int64_t n = ls[b], k = std::max<int64_t>(1, n / 20);
+          labels.narrow(0, pack.cu[b + 1] - k, k).fill_(1);
+          prompts.push_back({0, n - k});
+        }
+      };
+      set_lengths(lengths);
+      // --vary-lengths: every step's samples have lengths no step had before, as packs of real data
+      // do; the total stays T.
+      auto step_lengths = [&](int64_t step) {
+        auto ls = lengths;
+        for (size_t b = 0; b + 1 < ls.size(); ++b) {
+          const int64_t shift = (8 * step + 1) * static_cast<int64_t>(b + 1);
+          ls[b] += shift;
+          ls.back() -= shift;
+        }
+        ELASTIC_CHECK(ls.back() > 0, "bench-train: --vary-lengths left no tokens for the last sample at step " << step);
+        return ls;
+      };
       // A forward pass over this pack as the step runs it; routing set by the caller.
       auto step_context = [&] {
         model::ForwardContext ctx;
@@ -154,6 +179,7 @@ int cmd_bench_train(int argc, char** argv) {
       int64_t step_no = 0, layer_bytes = 0;
       std::vector<torch::Tensor> last_decisions;
       auto train_step = [&] {
+        if (vary) set_lengths(step_lengths(step_no));
         auto gen = router::routing_generator(0, 0, step_no++);
         auto ctx = train_context(gen);
         auto h = m->forward_hidden(ids, ctx);
@@ -183,7 +209,11 @@ int cmd_bench_train(int argc, char** argv) {
       }
       run["keep_layers"] = keep_layers;
       reset_peak_memory(device);
+      const auto plans_before = attention::cudnn_plan_stats();
       const double step_ms = timer.median_ms(train_step, steps);
+      const auto plans_after = attention::cudnn_plan_stats();
+      run["cudnn_plans_built"] = plans_after.plans - plans_before.plans;
+      run["cudnn_plan_build_ms"] = plans_after.build_ms - plans_before.build_ms;
       const double peak_gb = peak_memory_gb(device);
       // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
       // sample and layer, backward input gradients 2PT + 2.5x attention forward.
