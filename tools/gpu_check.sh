@@ -3,6 +3,8 @@
 # call can run several and a later call reuses the build (build-gpu/ stays while warm).
 #   tools/gpu_check.sh build test golden bench-forward
 # Writes logs and results under $OUT (default /tmp/elastic-gpu-out); small files only.
+# The build finds the cuDNN frontend headers (cuDNN's band, attention/cudnn_band.h) in .venv: carry
+# .venv/lib/python3.11/site-packages/include to the GPU machine, which cannot install them.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/elastic-gpu-out}
@@ -70,6 +72,21 @@ for s in "$@"; do
           $BUILD/elastic bench-train --model $M --tokens ${GATHER_TOKENS:-16384} --mix 1,1,1 --steps 3 --keep-layers auto \
             --no-breakdown --gather-min-len $g ${BENCH_FLAGS:-} --out "$OUT/bench_gather_${shape}_$g.json" 2>&1 |
             grep -E "T=|error" | tail -4 || status=1
+        done
+      done ;;
+    bench-vary)
+      # Packs of real data bring sample lengths no earlier step had, and cuDNN builds a plan for each new
+      # shape: the same packs with fixed lengths and with new lengths every step, per full-attention
+      # backend (FA_BACKENDS).
+      stage bench-vary
+      for shape in ${BENCH_MODELS:-qwen3-8b}; do
+        M=$(model_dir $shape)
+        for fa in ${FA_BACKENDS:-cudnn flash}; do
+          for v in "" --vary-lengths; do
+            $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps 3 \
+              --no-breakdown --fa-backend $fa $v ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
+              grep -E "step |error" | tail -2 || status=1
+          done
         done
       done ;;
     bench-longest)
