@@ -294,3 +294,27 @@ TEST_P(HeadSubsets, EqualAttentionAtTheirHeadsAndLeaveTheRest) {
 // Streaming with samples longer and shorter than sink + window.
 INSTANTIATE_TEST_SUITE_P(Attention, HeadSubsets, ::testing::Values(MaskSpec::causal(), MaskSpec::streaming(3, 16)),
                          [](const auto& info) { return info.param.full() ? "full" : "streaming"; });
+
+// The backend switches take the names they list, report them back, and reject anything else with the
+// accepted names in the message.
+TEST(Attention, BackendSwitchesTakeTheirNamesAndListThemOtherwise) {
+  const auto full = full_attention_backend(), streaming = streaming_backend();
+  for (const char* n : {"flash", "cudnn", "auto"}) {
+    set_full_attention_backend(n);
+    EXPECT_EQ(full_attention_backend(), n);
+  }
+  for (const char* n : {"cudnn-bwd", "cudnn", "flash", "auto"}) {
+    set_streaming_backend(n);
+    EXPECT_EQ(streaming_backend(), n);
+  }
+  try {
+    set_streaming_backend("cudnn-fwd");
+    FAIL() << "an unknown streaming backend was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("'flash', 'cudnn-bwd', 'cudnn', got 'cudnn-fwd'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(set_full_attention_backend("cudnn-bwd"), std::exception);
+  EXPECT_EQ(streaming_backend(), "auto");  // a rejected name changes nothing
+  set_full_attention_backend(full);
+  set_streaming_backend(streaming);
+}

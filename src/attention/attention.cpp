@@ -410,30 +410,33 @@ std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b
 void set_force_blocked(bool on) { g_force_blocked = on; }
 void set_fp32_attention_in_bf16(bool on) { g_fp32_in_bf16 = on; }
 
-void set_full_attention_backend(const std::string& name) {
-  const std::vector<std::string> names{"auto", "flash", "cudnn"};
+namespace {
+
+const std::vector<std::string> kFullBackends{"auto", "flash", "cudnn"};
+const std::vector<std::string> kStreamingBackends{"auto", "flash", "cudnn-bwd", "cudnn"};
+
+// The index of `name` in `names`, or an error that lists them.
+int backend_index(const std::vector<std::string>& names, const std::string& name, const char* what) {
   auto it = std::find(names.begin(), names.end(), name);
-  ELASTIC_CHECK(it != names.end(), "attention backend must be 'auto', 'flash' or 'cudnn', got '" << name << "'");
-  g_full_backend = static_cast<int>(it - names.begin());
+  if (it == names.end()) {
+    std::string all;
+    for (const auto& n : names) all += (all.empty() ? "'" : ", '") + n + "'";
+    ELASTIC_FAIL(what << " backend must be one of " << all << ", got '" << name << "'");
+  }
+  return static_cast<int>(it - names.begin());
 }
 
-std::string full_attention_backend() {
-  const std::vector<std::string> names{"auto", "flash", "cudnn"};
-  return names[static_cast<size_t>(g_full_backend.load())];
+}  // namespace
+
+void set_full_attention_backend(const std::string& name) {
+  g_full_backend = backend_index(kFullBackends, name, "attention");
 }
+std::string full_attention_backend() { return kFullBackends[static_cast<size_t>(g_full_backend.load())]; }
 
 void set_streaming_backend(const std::string& name) {
-  const std::vector<std::string> names{"auto", "flash", "cudnn-bwd", "cudnn"};
-  auto it = std::find(names.begin(), names.end(), name);
-  ELASTIC_CHECK(it != names.end(),
-                "streaming attention backend must be 'auto', 'flash', 'cudnn-bwd' or 'cudnn', got '" << name << "'");
-  g_streaming_backend = static_cast<int>(it - names.begin());
+  g_streaming_backend = backend_index(kStreamingBackends, name, "streaming attention");
 }
-
-std::string streaming_backend() {
-  const std::vector<std::string> names{"auto", "flash", "cudnn-bwd", "cudnn"};
-  return names[static_cast<size_t>(g_streaming_backend.load())];
-}
+std::string streaming_backend() { return kStreamingBackends[static_cast<size_t>(g_streaming_backend.load())]; }
 
 bool uses_flash(const torch::Tensor& q) {
   return !g_force_blocked && q.is_cuda() &&

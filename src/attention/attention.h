@@ -37,9 +37,10 @@ AttnGrads attention_backward(const torch::Tensor& dout, const torch::Tensor& q, 
                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
                              MaskSpec mask, double scale);
 
-// Streaming attention's forward as FlashAttention-2 does it (a windowed pass, the sink keys merged
-// through the log-sum-exp): what attention_forward runs on CUDA for head sizes the one-launch kernel
-// (attention/streaming_kernel.h) does not take; callable for tests and benchmarks.
+// Streaming attention's forward as a composition (a windowed pass, on FlashAttention-2 or, with
+// set_streaming_backend("cudnn"), cuDNN's band; the sink keys merged through the log-sum-exp): what
+// attention_forward runs on CUDA for head sizes the one-launch kernel (attention/streaming_kernel.h)
+// does not take; callable for tests and benchmarks.
 AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const Packing& pack, MaskSpec mask, double scale);
 
