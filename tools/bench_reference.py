@@ -315,6 +315,17 @@ def is_oom(e):
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in msg or "ALLOC_FAILED" in msg
 
 
+def step_lengths(lengths, step_no):
+    """--vary-lengths: lengths no earlier step had (as elastic bench-train --vary-lengths makes them), same total."""
+    ls = list(lengths)
+    for b in range(len(ls) - 1):
+        shift = (8 * step_no + 1) * (b + 1)
+        ls[b] += shift
+        ls[-1] -= shift
+    assert ls[-1] > 0, f"--vary-lengths left no tokens for the last sample at step {step_no}"
+    return ls
+
+
 def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
     cuda = torch.device(device).type == "cuda"
     pack = Pack(lengths, c, att, device, dtype, args.seed)
@@ -322,7 +333,9 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     def step(step_no):
-        return train_step(model, opt, pack, step_no, args.seed, layer_fns, keep_layers=args.keep_layers)
+        # With --vary-lengths the step also pays for its new pack: block masks, cuDNN plans, recompiles.
+        p = Pack(step_lengths(lengths, step_no), c, att, device, dtype, args.seed) if args.vary_lengths else pack
+        return train_step(model, opt, p, step_no, args.seed, layer_fns, keep_layers=args.keep_layers)
 
     for i in range(args.warmup):
         step(i)
@@ -349,7 +362,7 @@ def bench_pack(model, opt, lengths, args, att, layer_fns, device, dtype, c):
     return {"tokens": T, "samples": list(lengths), "step_ms": step_ms, "tokens_per_s": T / (step_ms / 1e3),
             "mfu_dense_equivalent": flops / (step_ms / 1e3) / (args.peak_tflops * 1e12),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
-            "omega_msr": torch.stack(omegas).mean().item(), "step_ms_all": times,
+            "omega_msr": torch.stack(omegas).mean().item(), "step_ms_all": times, "vary_lengths": args.vary_lengths,
             **({"profile": profile} if profile else {})}
 
 
@@ -491,6 +504,8 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--check", action="store_true", help="compare the attention paths with float64 brute force")
     ap.add_argument("--profile", action="store_true", help="one more step under torch.profiler: device time by kernel")
+    ap.add_argument("--vary-lengths", action="store_true",
+                    help="every step's samples get lengths no earlier step had, as packs of real data do")
     ap.add_argument("--out")
     args = ap.parse_args()
 

@@ -77,7 +77,7 @@ for s in "$@"; do
     bench-vary)
       # Packs of real data bring sample lengths no earlier step had, and cuDNN builds a plan for each new
       # shape: the same packs with fixed lengths and with new lengths every step, per full-attention
-      # backend (FA_BACKENDS).
+      # backend (FA_BACKENDS), and the PyTorch port both ways (unless NO_REFERENCE=1).
       stage bench-vary
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
@@ -87,6 +87,12 @@ for s in "$@"; do
               --no-breakdown --fa-backend $fa $v ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
               grep -E "step |error" | tail -2 || status=1
           done
+        done
+        # The PyTorch port as the reference runs it (every layer checkpointed), the same two ways.
+        [ -n "${NO_REFERENCE:-}" ] && continue
+        for v in "" --vary-lengths; do
+          timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${BENCH_TOKENS:-65536} \
+            --warmup 1 --steps 3 $v --out "$OUT/bench_vary_reference_${shape}${v}.json" 2>&1 | tail -1 || status=1
         done
       done ;;
     bench-longest)
