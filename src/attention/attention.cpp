@@ -32,9 +32,9 @@ bool band_on_cudnn(const torch::Tensor& q, bool backward) {
   return want && cudnn_band_supported(q);
 }
 
-// Full causal attention only (cuDNN's band serves streaming attention, attention/cudnn_band.h). auto: cuDNN for packs of long samples
-// (per-sample calls; 1.17x flash on a Qwen3-4B step at 64K on the H100), flash for many short
-// ones, where one varlen launch wins.
+// Full causal attention only (cuDNN's band serves streaming attention: band_on_cudnn). auto: cuDNN
+// for packs of long samples (per-sample calls; 1.17x flash on a Qwen3-4B step at 64K on the H100),
+// flash for many short ones, where one varlen launch wins.
 bool use_cudnn(const Packing& pack, MaskSpec mask) {
   const int b = g_full_backend;
   return mask.full() && (b == 2 || (b == 0 && pack.max_len >= 1024));

@@ -9,7 +9,6 @@
 #include <cudnn_frontend.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -89,7 +88,6 @@ struct Plan {
 
 std::mutex g_mutex;  // guards the caches and the handles (a cudnnHandle_t is not thread-safe)
 std::map<std::vector<int64_t>, std::shared_ptr<Plan>> g_plans;
-CudnnPlanStats g_stats;
 std::set<std::vector<int64_t>> g_rejected;  // caller layouts the engines refused: go packed
 std::map<int, cudnnHandle_t> g_handles;     // one per device, kept for the process
 
@@ -184,7 +182,6 @@ void run(const Shape& s, std::vector<Operand> ops) {
   }
   auto it = g_plans.find(key);
   if (it == g_plans.end()) {
-    const auto t0 = std::chrono::steady_clock::now();
     std::string err, direct_err;
     auto plan = build(s, ops, handle, err);
     if (!plan && !packed) {  // the engines may refuse the caller's strides: retry on packed stand-ins
@@ -201,8 +198,6 @@ void run(const Shape& s, std::vector<Operand> ops) {
     if (!direct_err.empty())
       LOG_WARN(describe(s) << ": the caller's strides were refused (" << direct_err << "); running on packed copies");
     it = g_plans.emplace(key, plan).first;
-    g_stats.plans += 1;
-    g_stats.build_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   }
   const auto& plan = *it->second;
   const auto stream = at::cuda::getCurrentCUDAStream(s.device.index());
@@ -272,11 +267,6 @@ void single_token(const torch::Tensor* dout, const torch::Tensor& q, const torch
 
 }  // namespace
 
-CudnnPlanStats cudnn_plan_stats() {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  return g_stats;
-}
-
 bool cudnn_band_supported(const torch::Tensor& q) {
   if (!q.defined() || !q.is_cuda() || q.dim() != 3) return false;
   if (q.scalar_type() != torch::kBFloat16 && q.scalar_type() != torch::kFloat16) return false;
@@ -314,7 +304,6 @@ void cudnn_band_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
 
 #else  // no cuDNN frontend in this build
 
-CudnnPlanStats cudnn_plan_stats() { return {}; }
 bool cudnn_band_supported(const torch::Tensor&) { return false; }
 
 void cudnn_band_forward(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, int64_t, double,

@@ -13,14 +13,6 @@
 
 namespace elastic::attention {
 
-// Execution plans built so far in this process and the host time they took (cuDNN compiles or, from
-// its kernel cache, binds kernels for each new shape: sample length and head count).
-struct CudnnPlanStats {
-  int64_t plans = 0;
-  double build_ms = 0;
-};
-CudnnPlanStats cudnn_plan_stats();
-
 // Whether this build has the cuDNN frontend and q is a CUDA bf16/fp16 tensor [n, H, d] with
 // d % 8 == 0 and d <= 128.
 bool cudnn_band_supported(const torch::Tensor& q);

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <iostream>
 
-#include "attention/cudnn_band.h"
 #include "attention/hybrid.h"
 #include "cli/args.h"
 #include "cli/bench_util.h"
@@ -78,7 +77,7 @@ int cmd_bench_train(int argc, char** argv) {
                  "  head instead of running the selected heads (default 0: always selected).\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "--vary-lengths: each step's samples get lengths no earlier step had (as real data does), so\n"
-                 "  per-shape costs (cuDNN plans) count; the report adds the cuDNN plans built in the warm-up and timed steps.\n"
+                 "  per-shape costs (cuDNN's plans, built for each new sample length) count in the step time.\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
                  "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
@@ -209,11 +208,7 @@ int cmd_bench_train(int argc, char** argv) {
       }
       run["keep_layers"] = keep_layers;
       reset_peak_memory(device);
-      const auto plans_before = attention::cudnn_plan_stats();
       const double step_ms = timer.median_ms(train_step, steps);
-      const auto plans_after = attention::cudnn_plan_stats();
-      run["cudnn_plans_built"] = plans_after.plans - plans_before.plans;
-      run["cudnn_plan_build_ms"] = plans_after.build_ms - plans_before.build_ms;
       const double peak_gb = peak_memory_gb(device);
       // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
       // sample and layer, backward input gradients 2PT + 2.5x attention forward.
