@@ -2,7 +2,10 @@
 // routing-aware hybrid backward against plain autograd through both branches.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "attention/attention.h"
+#include "attention/cudnn_sample.h"
 #include "attention/hybrid.h"
 #include "attention/sink_rows.h"
 #include "test_util.h"
@@ -317,4 +320,72 @@ TEST(Attention, BackendSwitchesTakeTheirNamesAndListThemOtherwise) {
   EXPECT_EQ(streaming_backend(), "auto");  // a rejected name changes nothing
   set_full_attention_backend(full);
   set_streaming_backend(streaming);
+}
+
+// cuDNN's per-sample lengths: never shorter, at most 1/32 longer past 4,096 tokens, multiples of 128,
+// 32 per octave, and stable (a padded length pads to itself), so plans repeat from step to step.
+TEST(CudnnSampleLength, PadsByAtMostAThirtySecondToThirtyTwoLengthsAnOctave) {
+  int64_t prev = 0;
+  for (int64_t n = 1; n <= (int64_t{1} << 18); ++n) {
+    const int64_t L = cudnn_sample_length(n);
+    ASSERT_GE(L, n);
+    ASSERT_GE(L, prev) << n;
+    ASSERT_EQ(L % 128, 0) << n;
+    if (n > 4096) ASSERT_LE(32 * (L - n), n) << n;
+    ASSERT_EQ(cudnn_sample_length(L), L) << n;
+    prev = L;
+  }
+  std::set<int64_t> octave;
+  for (int64_t n = 16385; n <= 32768; ++n) octave.insert(cudnn_sample_length(n));
+  EXPECT_EQ(octave.size(), 32u);
+  EXPECT_EQ(cudnn_sample_length(16384), 16384);
+  EXPECT_EQ(cudnn_sample_length(21845), 22016);
+  EXPECT_EQ(cudnn_sample_length(17), 128);
+  EXPECT_THROW(cudnn_sample_length(0), std::exception);
+}
+
+// A sample's rows for cuDNN: a view when nothing is padded or gathered, else the selected heads'
+// rows followed by zeros.
+TEST(CudnnSampleLength, RowsAreTheSampleAtItsHeadsThenZeros) {
+  torch::manual_seed(3);
+  const int64_t Hkv = 4, G = 2, d = 8;
+  auto t = torch::randn({3000, Hkv * G, d});
+  auto view = cudnn_sample_rows(t, 512, 1024, torch::Tensor(), Hkv);
+  EXPECT_EQ(view.data_ptr(), t.narrow(0, 512, 1024).data_ptr());
+  EXPECT_EQ(view.size(0), 1024);
+  const int64_t s0 = 1100, n = 1000, L = cudnn_sample_length(n);
+  ASSERT_GT(L, n);
+  auto idx = torch::tensor({3, 1}, torch::kInt64);
+  auto some = cudnn_sample_rows(t, s0, n, idx, Hkv);
+  auto want = t.narrow(0, s0, n).view({n, Hkv, G, d}).index_select(1, idx).reshape({n, 2 * G, d});
+  ASSERT_EQ(some.sizes(), (std::vector<int64_t>{L, 2 * G, d}));
+  EXPECT_TRUE(torch::equal(some.narrow(0, 0, n), want));
+  EXPECT_EQ(some.narrow(0, n, L - n).abs().max().item<float>(), 0.f);
+  auto all = cudnn_sample_rows(t, s0, n, torch::Tensor(), Hkv);
+  EXPECT_TRUE(torch::equal(all.narrow(0, 0, n), t.narrow(0, s0, n)));
+  EXPECT_EQ(all.narrow(0, n, L - n).abs().max().item<float>(), 0.f);
+}
+
+// What cuDNN's padded calls rely on, checked exactly: causal attention over a sample padded with zero
+// rows (q, k, v and dO) gives the sample's own output, log-sum-exp and gradients in its first rows.
+TEST(CudnnSampleLength, ZeroPaddingRowsChangeNoRealRowOrGradient) {
+  torch::manual_seed(4);
+  const int64_t n = 1000, L = cudnn_sample_length(n), Hq = 4, Hkv = 2, d = 16;
+  auto o = torch::TensorOptions().dtype(torch::kFloat64);
+  auto q = torch::randn({n, Hq, d}, o), k = torch::randn({n, Hkv, d}, o), v = torch::randn({n, Hkv, d}, o);
+  auto dout = torch::randn({n, Hq, d}, o);
+  auto pad = [&](const torch::Tensor& x) { return cudnn_sample_rows(x, 0, n, torch::Tensor(), Hkv); };
+  const auto mask = MaskSpec::causal();
+  auto own = Packing::from_lengths({n}, torch::kCPU), padded = Packing::from_lengths({L}, torch::kCPU);
+  auto f = attention_forward(q, k, v, own, mask, 0.25);
+  auto g = attention_backward(dout, q, k, v, f, own, mask, 0.25);
+  auto fp = attention_forward(pad(q), pad(k), pad(v), padded, mask, 0.25);
+  // The padding rows' output is not zero, but their dO is: cuDNN gets exactly this.
+  auto gp = attention_backward(pad(dout), pad(q), pad(k), pad(v), AttnForward{pad(fp.out.narrow(0, 0, n)), fp.lse}, padded,
+                               mask, 0.25);
+  EXPECT_LT((fp.out.narrow(0, 0, n) - f.out).abs().max().item<double>(), 1e-12);
+  EXPECT_LT((fp.lse.narrow(1, 0, n) - f.lse).abs().max().item<double>(), 1e-12);
+  EXPECT_LT((gp.dq.narrow(0, 0, n) - g.dq).abs().max().item<double>(), 1e-12);
+  EXPECT_LT((gp.dk.narrow(0, 0, n) - g.dk).abs().max().item<double>(), 1e-12);
+  EXPECT_LT((gp.dv.narrow(0, 0, n) - g.dv).abs().max().item<double>(), 1e-12);
 }

@@ -75,15 +75,16 @@ for s in "$@"; do
         done
       done ;;
     bench-vary)
-      # Packs of real data bring sample lengths no earlier step had, and cuDNN builds a plan for each new
-      # shape: the same packs with fixed lengths and with new lengths every step, per full-attention
-      # backend (FA_BACKENDS), and the PyTorch port both ways (unless NO_REFERENCE=1).
+      # Packs of real data bring new sample lengths every step, and cuDNN builds a plan for each new
+      # (padded) shape: the same packs with fixed lengths and with new lengths every step (VARY_STEPS
+      # steps, so the plans' fading shows in step_ms_each), per full-attention backend (FA_BACKENDS),
+      # and the PyTorch port both ways (unless NO_REFERENCE=1).
       stage bench-vary
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
         for fa in ${FA_BACKENDS:-cudnn flash}; do
           for v in "" --vary-lengths; do
-            $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps 3 \
+            $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps ${VARY_STEPS:-8} \
               --no-breakdown --fa-backend $fa $v ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
               grep -E "step |error" | tail -2 || status=1
           done

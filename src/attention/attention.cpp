@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "attention/cudnn_band.h"
+#include "attention/cudnn_sample.h"
 #include "attention/sink_merge.h"
 #include "attention/sink_rows.h"
 #include "attention/streaming_kernel.h"
@@ -249,93 +250,39 @@ AttnForward flash_forward(const torch::Tensor& q, const torch::Tensor& k, const 
   return flash_forward_composed(q, k, v, pack, mask, scale);
 }
 
-// ---- cuDNN (CUDA, fp16/bf16): full causal attention only ----
-// cuDNN's fused attention is the fastest causal kernel LibTorch ships for Hopper when it runs on
-// dense [1, H, n, d] sequences (its ragged varlen mode measured 2x slower than flash), so it is
-// called once per sample on strided views of the packed tensors. It has no local window:
-// streaming attention stays on flash.
-
-std::atomic<bool> g_cudnn_expand_kv{false};
-std::atomic<int> g_cudnn_lse_dim{3};  // rank of cuDNN's log-sum-exp ([1, H, n] or [1, H, n, 1])
-
-// [n, H, d] rows of one sample as the [1, H, n, d] view cuDNN takes.
-torch::Tensor bhsd(const torch::Tensor& t, int64_t s0, int64_t n) { return t.narrow(0, s0, n).transpose(0, 1).unsqueeze(0); }
-
-// K/V with one head per query head, for cuDNN builds that reject grouped-query layouts.
-torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
-  return G == 1 ? t : t.unsqueeze(2).expand({t.size(0), t.size(1), G, t.size(2)}).reshape({t.size(0), t.size(1) * G, t.size(2)});
-}
-
-// One sample's rows through cuDNN: q [n, Hq, d], k/v [n, Hkv, d] (views of the pack or copies of some
-// of its heads) -> out [n, Hq, d] (a view of cuDNN's output), lse [Hq, n].
-AttnForward cudnn_forward_sample(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  const int64_t n = q.size(0), Hq = q.size(1), G = Hq / k.size(1);
-  auto kk = g_cudnn_expand_kv ? expand_kv(k, G) : k, vv = g_cudnn_expand_kv ? expand_kv(v, G) : v;
-  auto call = [&] {
-    return at::_scaled_dot_product_cudnn_attention(bhsd(q, 0, n), bhsd(kk, 0, n), bhsd(vv, 0, n), std::nullopt,
-                                                   /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
-  };
-  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, c10::SymInt, c10::SymInt, at::Tensor, at::Tensor, at::Tensor> r;
-  try {
-    r = call();
-  } catch (const c10::Error&) {
-    if (g_cudnn_expand_kv || G == 1) throw;
-    g_cudnn_expand_kv = true;  // this cuDNN has no grouped-query support: expand from now on
-    kk = expand_kv(k, G);
-    vv = expand_kv(v, G);
-    r = call();
-  }
-  g_cudnn_lse_dim = static_cast<int>(std::get<1>(r).dim());
-  return {std::get<0>(r).squeeze(0).transpose(0, 1), std::get<1>(r).reshape({Hq, n})};
-}
+// ---- cuDNN (CUDA, fp16/bf16): full causal attention only, one call per sample (attention/cudnn_sample.h).
+// It has no local window: streaming attention's band runs on flash or cudnn_band.
 
 AttnForward cudnn_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack,
                           double scale) {
-  const int64_t T = q.size(0), Hq = q.size(1);
+  const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1);
   AttnForward f{torch::empty_like(q), torch::empty({Hq, T}, q.options().dtype(torch::kFloat32))};
+  const torch::Tensor all;
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     if (n == 0) continue;
-    auto r = cudnn_forward_sample(q.narrow(0, s0, n), k.narrow(0, s0, n), v.narrow(0, s0, n), scale);
+    auto rows = [&](const torch::Tensor& t) { return cudnn_sample_rows(t, s0, n, all, Hkv); };
+    auto r = cudnn_sample_forward(rows(q), rows(k), rows(v), n, scale);
     f.out.narrow(0, s0, n).copy_(r.out);
     f.lse.narrow(1, s0, n).copy_(r.lse);
   }
   return f;
 }
 
-// One sample's rows through cuDNN's backward (shapes as cudnn_forward_sample; lse [Hq, n]).
-AttnGrads cudnn_backward_sample(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                                const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse_s,
-                                double scale) {
-  const int64_t n = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  const bool expand = g_cudnn_expand_kv && G > 1;
-  auto kk = expand ? expand_kv(k, G) : k, vv = expand ? expand_kv(v, G) : v;
-  auto i64 = q.options().dtype(torch::kInt64);
-  auto seed = torch::zeros({}, i64), offset = torch::zeros({}, i64);
-  auto lse = lse_s.contiguous().view(g_cudnn_lse_dim == 4 ? std::vector<int64_t>{1, Hq, n, 1}
-                                                         : std::vector<int64_t>{1, Hq, n});
-  auto g = at::_scaled_dot_product_cudnn_attention_backward(
-      bhsd(dout, 0, n), bhsd(q, 0, n), bhsd(kk, 0, n), bhsd(vv, 0, n), bhsd(out, 0, n), lse, seed, offset,
-      at::Tensor(), at::Tensor(), at::Tensor(), n, n, 0.0, /*is_causal=*/true, scale);
-  auto dk = std::get<1>(g).squeeze(0).transpose(0, 1), dv = std::get<2>(g).squeeze(0).transpose(0, 1);
-  if (expand) {
-    dk = dk.reshape({n, Hkv, G, d}).sum(2);
-    dv = dv.reshape({n, Hkv, G, d}).sum(2);
-  }
-  return {std::get<0>(g).squeeze(0).transpose(0, 1), dk, dv};
-}
-
 AttnGrads cudnn_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                          const torch::Tensor& v, const AttnForward& fwd, const Packing& pack, double scale) {
   AttnGrads out{torch::empty_like(q), torch::empty_like(k), torch::empty_like(v)};
+  const int64_t Hkv = k.size(1);
+  const torch::Tensor all;
+  auto dc = dout.contiguous(), oc = fwd.out.contiguous();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     if (n == 0) continue;
-    auto rows = [&](const torch::Tensor& t) { return t.narrow(0, s0, n); };
-    auto g = cudnn_backward_sample(rows(dout), rows(q), rows(k), rows(v), rows(fwd.out), fwd.lse.narrow(1, s0, n), scale);
-    rows(out.dq).copy_(g.dq);
-    rows(out.dk).copy_(g.dk);
-    rows(out.dv).copy_(g.dv);
+    auto rows = [&](const torch::Tensor& t) { return cudnn_sample_rows(t, s0, n, all, Hkv); };
+    auto g = cudnn_sample_backward(rows(dc), rows(q), rows(k), rows(v), rows(oc), fwd.lse.narrow(1, s0, n), n, scale);
+    out.dq.narrow(0, s0, n).copy_(g.dq);
+    out.dk.narrow(0, s0, n).copy_(g.dk);
+    out.dv.narrow(0, s0, n).copy_(g.dv);
   }
   return out;
 }
@@ -504,10 +451,9 @@ bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack) {
   return q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
 }
 
-// One sample's rows ([n, H, d] views or copies) as a pack of their own. The blocked path reads only
-// the host offsets; flash's streaming path also needs the device-side positions.
-Packing one_sample(const torch::Tensor& q) {
-  const int64_t n = q.size(0);
+// One sample's n rows as a pack of their own. The blocked path reads only the host offsets; flash's
+// streaming path also needs the device-side positions.
+Packing one_sample(const torch::Tensor& q, int64_t n) {
   if (uses_flash(q)) return Packing::from_lengths({n}, q.device());
   Packing p;
   p.cu = {0, n};
@@ -515,18 +461,9 @@ Packing one_sample(const torch::Tensor& q) {
   return p;
 }
 
-AttnForward sample_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, MaskSpec mask,
-                           double scale) {
-  if (mask.full() && uses_flash(q)) return cudnn_forward_sample(q, k, v, scale);
-  return attention_forward(q, k, v, one_sample(q), mask, scale);
-}
-
-AttnGrads sample_backward(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                          const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse, MaskSpec mask,
-                          double scale) {
-  if (mask.full() && uses_flash(q)) return cudnn_backward_sample(dout, q, k, v, out, lse, scale);
-  return attention_backward(dout, q, k, v, AttnForward{out, lse}, one_sample(q), mask, scale);
-}
+// Full attention on the GPU runs each sample through cuDNN at its padded length; anything else runs
+// the sample's rows as a pack of their own.
+bool heads_on_cudnn(const torch::Tensor& q, MaskSpec mask) { return mask.full() && uses_flash(q); }
 
 void check_heads(const Packing& pack, const std::vector<torch::Tensor>& heads) {
   ELASTIC_CHECK(static_cast<int64_t>(heads.size()) == pack.num_samples(),
@@ -567,15 +504,18 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
   check_inputs(q, k, v, pack);
   check_heads(pack, heads);
   const int64_t Hkv = k.size(1);
+  const bool cudnn = heads_on_cudnn(q, mask);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const auto& idx = heads[static_cast<size_t>(b)];
     if (no_heads(idx)) continue;
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     auto sel = [&](const torch::Tensor& t) {
+      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
       return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
     };
-    auto f = sample_forward(sel(qc), sel(kc), sel(vc), mask, scale);
+    auto f = cudnn ? cudnn_sample_forward(sel(qc), sel(kc), sel(vc), n, scale)
+                   : attention_forward(sel(qc), sel(kc), sel(vc), one_sample(q, n), mask, scale);
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
   }
 }
@@ -587,6 +527,7 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
   check_inputs(q, k, v, pack);
   check_heads(pack, heads);
   const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv;
+  const bool cudnn = heads_on_cudnn(q, mask);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = fwd.out.contiguous(),
        dc = dout.contiguous();
   auto lse = fwd.lse.reshape({Hkv, G, T});
@@ -595,11 +536,16 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
     if (no_heads(idx)) continue;
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     const bool all = idx.numel() == Hkv;
-    auto sel = [&](const torch::Tensor& t) { return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv); };
+    auto sel = [&](const torch::Tensor& t) {
+      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
+      return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
+    };
     auto lse_s = lse.narrow(2, s0, n);
     if (!all) lse_s = lse_s.index_select(0, idx);
-    auto g = sample_backward(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s.reshape({-1, n}).contiguous(), mask,
-                             scale);
+    lse_s = lse_s.reshape({-1, n});
+    auto g = cudnn ? cudnn_sample_backward(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s, n, scale)
+                   : attention_backward(sel(dc), sel(qc), sel(kc), sel(vc), AttnForward{sel(oc), lse_s.contiguous()},
+                                        one_sample(q, n), mask, scale);
     put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);

@@ -72,9 +72,9 @@ void set_force_blocked(bool on);
 void set_fp32_attention_in_bf16(bool on);
 // Kernel for full causal attention on GPUs in bf16/fp16: "flash" (FlashAttention-2), "cudnn"
 // (cuDNN fused attention through PyTorch's operator, per sample) or "auto" (the default: cuDNN when
-// the longest sample has at least 1024 tokens). PyTorch caches cuDNN's plans per shape: each new
-// sample length (and, for the hybrid branches, head count) builds new ones, 40-1,700 ms each
-// (bench/results/cudnn_new_length_h200.json); bench-train --vary-lengths measures what that costs.
+// the longest sample has at least 1024 tokens). PyTorch caches cuDNN's plans per shape, so samples
+// run at padded lengths that repeat from step to step (attention/cudnn_sample.h); bench-train
+// --vary-lengths measures what new lengths cost.
 void set_full_attention_backend(const std::string& name);
 std::string full_attention_backend();
 // Streaming attention's window band on GPUs: "flash" (forward: our one-launch kernel; backward:

@@ -14,9 +14,9 @@ struct Timer {
   void sync() const {
     if (dev.is_cuda()) torch::cuda::synchronize();
   }
-  // Median wall time of `reps` runs of f after one warm-up run, in milliseconds.
+  // Wall times of `reps` runs of f after one warm-up run, in milliseconds, in run order.
   template <class F>
-  double median_ms(F&& f, int reps) const {
+  std::vector<double> times_ms(F&& f, int reps) const {
     std::vector<double> t;
     f();
     for (int i = 0; i < reps; ++i) {
@@ -26,8 +26,15 @@ struct Timer {
       sync();
       t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
     }
+    return t;
+  }
+  static double median(std::vector<double> t) {
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
+  }
+  template <class F>
+  double median_ms(F&& f, int reps) const {
+    return median(times_ms(f, reps));
   }
 };
 

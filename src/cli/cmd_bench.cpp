@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <random>
 
 #include "attention/hybrid.h"
 #include "cli/args.h"
@@ -76,8 +77,9 @@ int cmd_bench_train(int argc, char** argv) {
                  "--gather-min-len N: below this longest-sample length the routing-aware backward masks dO over every\n"
                  "  head instead of running the selected heads (default 0: always selected).\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
-                 "--vary-lengths: each step's samples get lengths no earlier step had (as real data does), so\n"
-                 "  per-shape costs (cuDNN's plans, built for each new sample length) count in the step time.\n"
+                 "--vary-lengths: each step's samples get new random lengths (within an eighth of --mix's), as real\n"
+                 "  data has, so per-shape costs (cuDNN's plans, per padded sample length) count in the step time;\n"
+                 "  step_ms_each shows them fade as the padded lengths repeat.\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
                  "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
@@ -143,12 +145,14 @@ int cmd_bench_train(int argc, char** argv) {
         }
       };
       set_lengths(lengths);
-      // --vary-lengths: every step's samples have lengths no step had before, as packs of real data
-      // do; the total stays T.
+      // --vary-lengths: every sample but the last moves by up to an eighth of its length at random,
+      // step by step (the last takes the rest), as packs of real data bring new lengths.
       auto step_lengths = [&](int64_t step) {
+        std::mt19937_64 rng(static_cast<uint64_t>(step) + 1);
         auto ls = lengths;
         for (size_t b = 0; b + 1 < ls.size(); ++b) {
-          const int64_t shift = (8 * step + 1) * static_cast<int64_t>(b + 1);
+          const int64_t r = ls[b] / 8;
+          const int64_t shift = std::uniform_int_distribution<int64_t>(-r, r)(rng);
           ls[b] += shift;
           ls.back() -= shift;
         }
@@ -208,7 +212,9 @@ int cmd_bench_train(int argc, char** argv) {
       }
       run["keep_layers"] = keep_layers;
       reset_peak_memory(device);
-      const double step_ms = timer.median_ms(train_step, steps);
+      const auto step_times = timer.times_ms(train_step, steps);
+      const double step_ms = Timer::median(step_times);
+      run["step_ms_each"] = step_times;
       const double peak_gb = peak_memory_gb(device);
       // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
       // sample and layer, backward input gradients 2PT + 2.5x attention forward.
