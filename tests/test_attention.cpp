@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <thread>
 
 #include "attention/attention.h"
 #include "attention/cudnn_sample.h"
@@ -364,6 +365,23 @@ TEST(CudnnSampleLength, RowsAreTheSampleAtItsHeadsThenZeros) {
   auto all = cudnn_sample_rows(t, s0, n, torch::Tensor(), Hkv);
   EXPECT_TRUE(torch::equal(all.narrow(0, 0, n), t.narrow(0, s0, n)));
   EXPECT_EQ(all.narrow(0, n, L - n).abs().max().item<float>(), 0.f);
+}
+
+// The plan keys bench-train counts: one per direction, shape, dtype and thread, as PyTorch caches them.
+TEST(CudnnSampleLength, ShapeKeysAreNewPerDirectionShapeAndThread) {
+  auto q = torch::zeros({4224, 12, 8}), k = torch::zeros({4224, 3, 8});
+  const int64_t before = cudnn_sample_shapes();
+  EXPECT_TRUE(note_cudnn_sample_shape(false, q, k));
+  EXPECT_FALSE(note_cudnn_sample_shape(false, q, k));
+  EXPECT_FALSE(note_cudnn_sample_shape(false, q.clone(), k.clone()));  // same shape, other buffers
+  EXPECT_TRUE(note_cudnn_sample_shape(true, q, k));
+  EXPECT_TRUE(note_cudnn_sample_shape(false, q.narrow(0, 0, 4096), k.narrow(0, 0, 4096)));
+  EXPECT_TRUE(note_cudnn_sample_shape(false, q.narrow(1, 0, 8), k.narrow(1, 0, 2)));
+  EXPECT_TRUE(note_cudnn_sample_shape(false, q.to(torch::kBFloat16), k.to(torch::kBFloat16)));
+  bool other_thread = false;
+  std::thread([&] { other_thread = note_cudnn_sample_shape(false, q, k); }).join();
+  EXPECT_TRUE(other_thread);
+  EXPECT_EQ(cudnn_sample_shapes() - before, 6);
 }
 
 // What cuDNN's padded calls rely on, checked exactly: causal attention over a sample padded with zero

@@ -2,6 +2,10 @@
 
 #include <atomic>
 #include <bit>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <tuple>
 
 #include "util/error.h"
 
@@ -20,7 +24,25 @@ torch::Tensor expand_kv(const torch::Tensor& t, int64_t G) {
   return G == 1 ? t : t.unsqueeze(2).expand({t.size(0), t.size(1), G, t.size(2)}).reshape({t.size(0), t.size(1) * G, t.size(2)});
 }
 
+// Our calls' q and k are [rows, H, d] views of row-major buffers, so their strides follow from the
+// sizes and the key needs only these.
+using ShapeKey = std::tuple<std::thread::id, bool, int64_t, int64_t, int64_t, int64_t, int>;
+std::mutex g_shapes_mutex;
+std::set<ShapeKey> g_shapes;
+
 }  // namespace
+
+bool note_cudnn_sample_shape(bool backward, const torch::Tensor& q, const torch::Tensor& k) {
+  ShapeKey key{std::this_thread::get_id(), backward, q.size(0), q.size(1), k.size(1), q.size(2),
+               static_cast<int>(q.scalar_type())};
+  std::lock_guard<std::mutex> lock(g_shapes_mutex);
+  return g_shapes.insert(key).second;
+}
+
+int64_t cudnn_sample_shapes() {
+  std::lock_guard<std::mutex> lock(g_shapes_mutex);
+  return static_cast<int64_t>(g_shapes.size());
+}
 
 int64_t cudnn_sample_length(int64_t n) {
   ELASTIC_CHECK(n > 0, "cudnn_sample_length: a sample needs at least one token, got " << n);
@@ -51,6 +73,7 @@ AttnForward cudnn_sample_forward(const torch::Tensor& q, const torch::Tensor& k,
   const int64_t Hq = q.size(1), G = Hq / k.size(1);
   auto kk = g_expand_kv ? expand_kv(k, G) : k, vv = g_expand_kv ? expand_kv(v, G) : v;
   auto call = [&] {
+    note_cudnn_sample_shape(/*backward=*/false, q, kk);
     return at::_scaled_dot_product_cudnn_attention(bhsd(q), bhsd(kk), bhsd(vv), std::nullopt,
                                                    /*compute_log_sumexp=*/true, 0.0, /*is_causal=*/true, false, scale);
   };
@@ -81,6 +104,7 @@ AttnGrads cudnn_sample_backward(const torch::Tensor& dout, const torch::Tensor& 
   auto lse_rows = rows == n ? lse.contiguous() : torch::zeros({Hq, rows}, lse.options());
   if (rows != n) lse_rows.narrow(1, 0, n).copy_(lse);
   auto lse_c = lse_rows.view(g_lse_dim == 4 ? std::vector<int64_t>{1, Hq, rows, 1} : std::vector<int64_t>{1, Hq, rows});
+  note_cudnn_sample_shape(/*backward=*/true, q, kk);
   auto g = at::_scaled_dot_product_cudnn_attention_backward(
       bhsd(dout), bhsd(q), bhsd(kk), bhsd(vv), bhsd(out), lse_c, seed, offset, at::Tensor(), at::Tensor(), at::Tensor(),
       rows, rows, 0.0, /*is_causal=*/true, scale);

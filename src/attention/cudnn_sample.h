@@ -22,6 +22,15 @@ namespace elastic::attention {
 // The rows a sample of n tokens runs at: n rounded up to a multiple of max(128, 2^floor(log2 n) / 32).
 int64_t cudnn_sample_length(int64_t n);
 
+// PyTorch 2.11 caches cuDNN attention plans per thread and direction, without bound, keyed by the
+// tensors' sizes, strides and dtype (aten/src/ATen/native/cudnn/MHA.cpp); each new key is a plan
+// build. The no-grad forward runs on the caller's thread and the recompute on autograd's device
+// thread, so a forward shape is built twice. note_cudnn_sample_shape records the key of a call on
+// the calling thread (q, k as cuDNN gets them) and says whether it is new; cudnn_sample_shapes
+// counts the keys so far, which bench-train reports per step.
+bool note_cudnn_sample_shape(bool backward, const torch::Tensor& q, const torch::Tensor& k);
+int64_t cudnn_sample_shapes();
+
 // Rows [s0, s0 + n) of t [T, H, d] at the KV heads idx (with their H / Hkv query heads each; undefined:
 // every head) as cuDNN's input [cudnn_sample_length(n), m * H / Hkv, d]: a view where that is the
 // same tensor, else a copy with zero rows after n.

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <numeric>
 #include <random>
 
+#include "attention/cudnn_sample.h"
 #include "attention/hybrid.h"
 #include "cli/args.h"
 #include "cli/bench_util.h"
@@ -79,7 +81,8 @@ int cmd_bench_train(int argc, char** argv) {
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "--vary-lengths: each step's samples get new random lengths (within an eighth of --mix's), as real\n"
                  "  data has, so per-shape costs (cuDNN's plans, per padded sample length) count in the step time;\n"
-                 "  step_ms_each shows them fade as the padded lengths repeat.\n"
+                 "  step_ms_each shows them fade as the padded lengths repeat, cudnn_new_shapes_each the plans\n"
+                 "  each step built, samples_each the lengths.\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
                  "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
@@ -181,8 +184,14 @@ int cmd_bench_train(int argc, char** argv) {
       double omega = 0;
       int64_t step_no = 0, layer_bytes = 0;
       std::vector<torch::Tensor> last_decisions;
+      // Per step, every step run (probe and warm-up included): the sample lengths and the cuDNN plan
+      // keys it was the first to use.
+      std::vector<std::vector<int64_t>> lengths_each;
+      std::vector<int64_t> new_shapes_each;
       auto train_step = [&] {
-        if (vary) set_lengths(step_lengths(step_no));
+        const int64_t shapes_before = attention::cudnn_sample_shapes();
+        lengths_each.push_back(vary ? step_lengths(step_no) : lengths);
+        if (vary) set_lengths(lengths_each.back());
         auto gen = router::routing_generator(0, 0, step_no++);
         auto ctx = train_context(gen);
         auto h = m->forward_hidden(ids, ctx);
@@ -196,6 +205,7 @@ int cmd_bench_train(int argc, char** argv) {
         opt.step();
         opt.zero_grad();
         omega = om.mean().item<double>();
+        new_shapes_each.push_back(attention::cudnn_sample_shapes() - shapes_before);
       };
       if (keep_auto) {
         // As the trainer does: one step, every layer recomputed, measures what a step needs.
@@ -215,12 +225,20 @@ int cmd_bench_train(int argc, char** argv) {
       const auto step_times = timer.times_ms(train_step, steps);
       const double step_ms = Timer::median(step_times);
       run["step_ms_each"] = step_times;
+      // The timed steps are the last `steps` run.
+      const auto timed = static_cast<std::ptrdiff_t>(step_times.size());
+      run["cudnn_new_shapes_each"] = std::vector<int64_t>(new_shapes_each.end() - timed, new_shapes_each.end());
+      run["cudnn_shapes_before_timing"] = attention::cudnn_sample_shapes() -
+          std::accumulate(new_shapes_each.end() - timed, new_shapes_each.end(), int64_t{0});
+      if (vary) run["samples_each"] = std::vector<std::vector<int64_t>>(lengths_each.end() - timed, lengths_each.end());
       const double peak_gb = peak_memory_gb(device);
-      // Dense-equivalent FLOPs (docs/mfu.md): forward linears 2PT, causal attention 2 n² d Hq per
-      // sample and layer, backward input gradients 2PT + 2.5x attention forward.
+      // Dense-equivalent FLOPs (docs/performance.md): forward linears 2PT, causal attention 2 n² d Hq per
+      // sample and layer, backward input gradients 2PT + 2.5x attention forward; with
+      // --vary-lengths, attention averaged over the timed steps' lengths.
       const double P = static_cast<double>(mc.num_parameters() - mc.vocab_size * mc.hidden_size);
       double attn = 0;
-      for (auto n : lengths) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers;
+      for (auto it = lengths_each.end() - timed; it != lengths_each.end(); ++it)
+        for (auto n : *it) attn += 2.0 * n * n * mc.head_dim * mc.num_heads * mc.num_layers / static_cast<double>(timed);
       const double flops = 2 * P * T + attn + 2 * P * T + 2.5 * attn;
       run.update({{"step_ms", step_ms},
                   {"tokens_per_s", T / (step_ms / 1e3)},
@@ -228,7 +246,8 @@ int cmd_bench_train(int argc, char** argv) {
                   {"peak_memory_gb", peak_gb},
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
-                    << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega);
+                    << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega
+                    << ", new cuDNN plan keys per timed step " << run["cudnn_new_shapes_each"].dump());
       // The step with the last step's decisions replayed and no router (the router share, below). The
       // decisions require grad, so the backward takes the step's paths: through every layer's
       // attention to the decisions (ds), and no further than the first layer's.
