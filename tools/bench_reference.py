@@ -123,7 +123,7 @@ class Layer(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, c, dtype, device):
+    def __init__(self, c, dtype, device, omega=0.5):
         super().__init__()
         with torch.device(device):  # init on the device: an 8B model initialised on the CPU takes minutes
             self.embed_tokens = nn.Embedding(c["vocab"], c["hidden"], dtype=dtype)
@@ -140,6 +140,7 @@ class Model(nn.Module):
                 for layer in self.layers:  # a realistic routing mix from the first step, as cmd_bench.cpp
                     last = layer.router.cls_router_head_agnostic[4]
                     last.weight.normal_(0, 0.05), last.bias.zero_()
+                    last.bias[0] = math.log(omega / (1 - omega))  # index 0 = SSA: streams with p ~ omega
 
     def lm_weight(self):
         return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
@@ -501,6 +502,8 @@ def main():
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=800.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--omega", type=float, default=0.5,
+                    help="routers start streaming about this fraction of the heads, as bench-train --omega")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--check", action="store_true", help="compare the attention paths with float64 brute force")
     ap.add_argument("--profile", action="store_true", help="one more step under torch.profiler: device time by kernel")
@@ -508,6 +511,8 @@ def main():
                     help="every step's samples get lengths no earlier step had, as packs of real data do")
     ap.add_argument("--out")
     args = ap.parse_args()
+    if not 0 < args.omega < 1:
+        ap.error(f"--omega must be in (0, 1), got {args.omega}")
 
     c = dict(PRESETS[args.preset])
     c.update({f: getattr(args, f) for f in SHAPE_FIELDS if getattr(args, f) is not None})
@@ -532,7 +537,7 @@ def main():
     packs += [[int(n) for n in s.split(",")] for s in args.samples]
     packs.sort(key=sum)  # smallest first: an OOM at the largest pack leaves the others measured
     t0 = time.perf_counter()
-    model = Model(c, dtype, device)
+    model = Model(c, dtype, device, args.omega)
     opt = torch.optim.AdamW(model.router_params(), lr=5e-4)
     print(f"[init] {args.preset} {c} in {time.perf_counter() - t0:.1f} s", flush=True)
     ssa_impl = args.ssa if args.ssa != "auto" else ("flex" if cuda else "masked")
@@ -545,7 +550,7 @@ def main():
     # sdpa_kernel sets global flags; it must cover the backward too, where checkpointing re-runs the forward.
     fa_ctx = (lambda: sdpa_kernel([FA_BACKENDS[fa_name]])) if cuda else contextlib.nullcontext
     config = {**c, "dtype": args.dtype, "sink": args.sink, "window": args.window, "checkpoint": True, "keep_layers": args.keep_layers,
-              "pool_tokens": POOL_TOKENS, "tau": TAU, "target": TARGET, "ssa_impl": ssa_impl,
+              "pool_tokens": POOL_TOKENS, "tau": TAU, "target": TARGET, "omega_init": args.omega, "ssa_impl": ssa_impl,
               "params_backbone": sum(p.numel() for n, p in model.named_parameters() if ".router." not in n),
               "params_router": sum(p.numel() for p in model.router_params()),
               "warmup": args.warmup, "steps": args.steps, "peak_tflops": args.peak_tflops}

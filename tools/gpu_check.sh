@@ -12,6 +12,9 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 BUILD=build-gpu
 status=0
+# Where the routers start: streaming about this fraction of the heads, the paper's target, in both
+# this trainer's benchmarks and the port's (routing stays live; each measures its Ω_MSR).
+OMEGA=${OMEGA:-0.7}
 stage() { echo "=== $1 ($(date +%T))"; }
 # Random-weight bf16 models of the real shapes (ELASTIC.md §2), made once per machine.
 model_dir() {
@@ -60,7 +63,7 @@ for s in "$@"; do
       for shape in ${BENCH_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
         M=$(model_dir $shape)
         $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-16384,32768,65536} --mix ${BENCH_MIX:-1,1,1} --steps 3 \
-          ${BENCH_FLAGS:-} --out "$OUT/bench_train_$shape.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -8 || status=1
+          --omega $OMEGA ${BENCH_FLAGS:-} --out "$OUT/bench_train_$shape.json" 2>&1 | grep -E "info|warn|error" | grep -v "model init" | tail -8 || status=1
       done ;;
     bench-gather)
       # The routing-aware backward (and no-grad forward) over the selected heads only, against every head
@@ -85,7 +88,7 @@ for s in "$@"; do
         for fa in ${FA_BACKENDS:-cudnn flash}; do
           for v in "" --vary-lengths; do
             $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps ${VARY_STEPS:-8} \
-              --no-breakdown --fa-backend $fa $v ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
+              --no-breakdown --fa-backend $fa $v --omega $OMEGA ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
               grep -E "step |error" | tail -2 || status=1
           done
         done
@@ -93,7 +96,7 @@ for s in "$@"; do
         [ -n "${NO_REFERENCE:-}" ] && continue
         for v in "" --vary-lengths; do
           timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${BENCH_TOKENS:-65536} \
-            --warmup 1 --steps 3 $v --out "$OUT/bench_vary_reference_${shape}${v}.json" 2>&1 | tail -1 || status=1
+            --warmup 1 --steps 3 $v --omega $OMEGA --out "$OUT/bench_vary_reference_${shape}${v}.json" 2>&1 | tail -1 || status=1
         done
       done ;;
     bench-longest)
@@ -144,7 +147,7 @@ for s in "$@"; do
       stage bench-reference
       for shape in ${REF_MODELS:-qwen3-4b qwen3-8b llama3.1-8b}; do
         timeout ${REF_TIMEOUT:-300} python3 tools/bench_reference.py --preset $shape --tokens ${REF_TOKENS:-16384,32768,65536} \
-          --warmup 1 --steps ${REF_STEPS:-2} ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
+          --warmup 1 --steps ${REF_STEPS:-2} --omega $OMEGA ${REF_FLAGS:-} --out "$OUT/bench_reference_$shape.json" 2>&1 | tail -6 || status=1
       done ;;
     warm-reference)
       # The port's torch.compile work (inductor, Triton autotuning) for every shape and pack, on one layer,

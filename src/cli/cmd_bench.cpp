@@ -64,13 +64,15 @@ json profile_difference(const util::KernelProfile& a, const util::KernelProfile&
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
          {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace",
-          "keep-layers", "ssa-backend"},
+          "keep-layers", "ssa-backend", "omega"},
          {"help", "no-checkpoint", "offload", "no-breakdown", "profile", "vary-lengths"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
                  "  --dtype bfloat16 --device cuda --peak-tflops 800 --no-checkpoint --offload --no-breakdown\n"
                  "  --profile --out result.json]\n"
                  "--mix: relative sample lengths of each pack (1,1,2 = 16K+16K+32K at 65536 tokens).\n"
+                 "--omega X: the routers start streaming about a fraction X of the heads (default 0.5), as a trained\n"
+                 "  router holds Ω_MSR near its target (0.7 in the paper); routing stays live and Ω_MSR is measured.\n"
                  "--fa-backend auto|flash|cudnn: kernel for full causal attention (default auto).\n"
                  "--ssa-backend auto|flash|cudnn-bwd|cudnn: streaming attention's window band (default auto).\n"
                  "--profile: one more step under the CUDA profiler: device time by kernel and category.\n"
@@ -100,10 +102,19 @@ int cmd_bench_train(int argc, char** argv) {
   ro.head_dim = mc.head_dim;
   torch::manual_seed(0);
   m->attach_routers(ro);
+  // --omega: the routers start streaming each head with probability about omega (their last bias;
+  // index 0 is SSA, ELASTIC.md §4), as a trained router holds the mix near its target. Random
+  // last weights on top so decisions still vary by input.
+  const double omega_init = a.get_double("omega", 0.5);
+  ELASTIC_CHECK(omega_init > 0 && omega_init < 1, "bench-train: --omega must be in (0, 1), got " << omega_init);
   {
-    // Random (not 50/50) routers so the routing mix is realistic from the first step.
     torch::NoGradGuard ng;
-    for (auto& r : m->routers()) r->cls_router_head_agnostic[4]->as<torch::nn::Linear>()->weight.normal_(0, 0.05);
+    for (auto& r : m->routers()) {
+      auto last = r->cls_router_head_agnostic[4]->as<torch::nn::Linear>();
+      last->weight.normal_(0, 0.05);
+      last->bias.zero_();
+      last->bias[0].fill_(std::log(omega_init / (1 - omega_init)));
+    }
   }
   std::vector<torch::Tensor> rp;
   for (auto& [n, p] : m->router_parameters()) rp.push_back(p);
@@ -114,7 +125,7 @@ int cmd_bench_train(int argc, char** argv) {
   Timer timer{device};
   json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"params", mc.num_parameters()},
                  {"dtype", c10::toString(dtype)}, {"checkpoint", !a.flag("no-checkpoint")},
-                 {"sink", ssa.sink}, {"window", ssa.window}, {"runs", json::array()}};
+                 {"sink", ssa.sink}, {"window", ssa.window}, {"omega_init", omega_init}, {"runs", json::array()}};
   const auto sizes = a.get_int_list("tokens", "32768,65536");
   const auto mix = a.get_int_list("mix", "1,1,2");
   const int64_t nsamples = static_cast<int64_t>(mix.size());
