@@ -184,14 +184,17 @@ void check_routing_aware_backward() {
 }  // namespace
 
 TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
-  // The gathered (sample, head) pairs, then every head with dO masked.
-  const int64_t saved = gather_min_len();
-  for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
-    SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
-    set_gather_min_len(gather_min_len);
+  // The gathered (sample, head) pairs, then every head with dO masked, then the selected heads one KV
+  // head a call.
+  const int64_t saved = gather_min_len(), saved_split = head_split_min_len();
+  for (auto [gather, split] : std::vector<std::pair<int64_t, int64_t>>{{0, saved_split}, {int64_t{1} << 40, saved_split}, {0, 0}}) {
+    SCOPED_TRACE("gather_min_len " + std::to_string(gather) + ", head_split_min_len " + std::to_string(split));
+    set_gather_min_len(gather);
+    set_head_split_min_len(split);
     check_routing_aware_backward();
   }
   set_gather_min_len(saved);
+  set_head_split_min_len(saved_split);
 }
 
 TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
@@ -252,7 +255,7 @@ TEST_P(HeadSubsets, EqualAttentionAtTheirHeadsAndLeaveTheRest) {
   auto q = torch::randn({T, Hq, d}, f64), k = torch::randn({T, Hkv, d}, f64), v = torch::randn({T, Hkv, d}, f64);
   auto dout = torch::randn({T, Hq, d}, f64);
   const double scale = 0.3;
-  // Some heads (out of order), all, none, one.
+  // Some heads (out of order), all, none, one; the 70- and 130-token samples split when asked.
   const std::vector<std::vector<int64_t>> lists = {{2, 0}, {0, 1, 2}, {}, {1}};
   std::vector<torch::Tensor> heads;
   auto selected = torch::zeros({T, Hkv}, torch::kBool);
@@ -275,24 +278,31 @@ TEST_P(HeadSubsets, EqualAttentionAtTheirHeadsAndLeaveTheRest) {
     EXPECT_TRUE(rest.nan_to_num().eq(rest_before.nan_to_num()).all().item<bool>()) << name << ": an unselected head was written";
   };
 
-  auto out = torch::full({T, Hq, d}, std::nan(""), f64);
-  attention_forward_heads(q, k, v, pack, heads, mask, scale, out);
-  expect_at_heads(out, ref.out, torch::full_like(out, std::nan("")), sel_q, "out");
+  const int64_t saved = head_split_min_len();
+  // Each subset in one call, then one KV head a call for samples of 40 tokens or more.
+  for (int64_t split_min_len : {saved, int64_t{40}}) {
+    SCOPED_TRACE("head_split_min_len " + std::to_string(split_min_len));
+    set_head_split_min_len(split_min_len);
+    auto out = torch::full({T, Hq, d}, std::nan(""), f64);
+    attention_forward_heads(q, k, v, pack, heads, mask, scale, out);
+    expect_at_heads(out, ref.out, torch::full_like(out, std::nan("")), sel_q, "out");
 
-  for (bool accumulate : {false, true}) {
-    SCOPED_TRACE(accumulate ? "accumulate" : "write");
-    // Written: NaN elsewhere must stay NaN. Added: onto random values.
-    auto init = [&](const torch::Tensor& like) {
-      return accumulate ? torch::randn(like.sizes(), f64) : torch::full(like.sizes(), std::nan(""), f64);
-    };
-    AttnGrads into{init(q), init(k), init(v)};
-    AttnGrads before{into.dq.clone(), into.dk.clone(), into.dv.clone()};
-    attention_backward_heads(dout, q, k, v, ref, pack, heads, mask, scale, accumulate, into);
-    auto want = [&](const torch::Tensor& g, const torch::Tensor& b) { return accumulate ? b + g : g; };
-    expect_at_heads(into.dq, want(gref.dq, before.dq), before.dq, sel_q, "dq");
-    expect_at_heads(into.dk, want(gref.dk, before.dk), before.dk, sel_k, "dk");
-    expect_at_heads(into.dv, want(gref.dv, before.dv), before.dv, sel_k, "dv");
+    for (bool accumulate : {false, true}) {
+      SCOPED_TRACE(accumulate ? "accumulate" : "write");
+      // Written: NaN elsewhere must stay NaN. Added: onto random values.
+      auto init = [&](const torch::Tensor& like) {
+        return accumulate ? torch::randn(like.sizes(), f64) : torch::full(like.sizes(), std::nan(""), f64);
+      };
+      AttnGrads into{init(q), init(k), init(v)};
+      AttnGrads before{into.dq.clone(), into.dk.clone(), into.dv.clone()};
+      attention_backward_heads(dout, q, k, v, ref, pack, heads, mask, scale, accumulate, into);
+      auto want = [&](const torch::Tensor& g, const torch::Tensor& b) { return accumulate ? b + g : g; };
+      expect_at_heads(into.dq, want(gref.dq, before.dq), before.dq, sel_q, "dq");
+      expect_at_heads(into.dk, want(gref.dk, before.dk), before.dk, sel_k, "dk");
+      expect_at_heads(into.dv, want(gref.dv, before.dv), before.dv, sel_k, "dv");
+    }
   }
+  set_head_split_min_len(saved);
 }
 
 // Streaming with samples longer and shorter than sink + window.

@@ -108,16 +108,19 @@ TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
   set_force_blocked(true);
   auto ref = run(true);
   set_force_blocked(false);
-  // The gathered (sample, head) pairs, then every head with dO masked.
-  const int64_t saved = gather_min_len();
-  for (int64_t gather_min_len : {int64_t{0}, int64_t{1} << 40}) {
-    SCOPED_TRACE("gather_min_len " + std::to_string(gather_min_len));
-    set_gather_min_len(gather_min_len);
+  // The gathered (sample, head) pairs, then every head with dO masked, then the selected heads one KV
+  // head a call (padded head-major copies on cuDNN).
+  const int64_t saved = gather_min_len(), saved_split = head_split_min_len();
+  for (auto [gather, split] : std::vector<std::pair<int64_t, int64_t>>{{0, saved_split}, {int64_t{1} << 40, saved_split}, {0, 0}}) {
+    SCOPED_TRACE("gather_min_len " + std::to_string(gather) + ", head_split_min_len " + std::to_string(split));
+    set_gather_min_len(gather);
+    set_head_split_min_len(split);
     auto ours = run(false);
     const char* names[] = {"out", "dq", "dk", "dv", "ds"};
     for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 2e-2) << names[i];
   }
   set_gather_min_len(saved);
+  set_head_split_min_len(saved_split);
 }
 
 INSTANTIATE_TEST_SUITE_P(FullAttentionBackend, AttentionGpu, ::testing::Values("flash", "cudnn"),

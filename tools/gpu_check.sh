@@ -80,16 +80,20 @@ for s in "$@"; do
     bench-vary)
       # Packs of real data bring new sample lengths every step, and cuDNN builds a plan for each new
       # (padded) shape: the same packs with fixed lengths and with new lengths every step (VARY_STEPS
-      # steps, so the plans' fading shows in step_ms_each), per full-attention backend (FA_BACKENDS),
-      # and the PyTorch port both ways (unless NO_REFERENCE=1).
+      # steps, so the plans' fading shows in step_ms_each and cudnn_new_shapes_each), per full-attention
+      # backend (FA_BACKENDS) and head split (HEAD_SPLITS: "off", or the --head-split-min-len from which
+      # subsets of heads run one KV head a call), and the PyTorch port both ways (unless NO_REFERENCE=1).
       stage bench-vary
       for shape in ${BENCH_MODELS:-qwen3-8b}; do
         M=$(model_dir $shape)
         for fa in ${FA_BACKENDS:-cudnn flash}; do
-          for v in "" --vary-lengths; do
-            $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps ${VARY_STEPS:-8} \
-              --no-breakdown --fa-backend $fa $v --omega $OMEGA ${BENCH_FLAGS:---keep-layers auto} --out "$OUT/bench_vary_${shape}_${fa}${v}.json" 2>&1 |
-              grep -E "step |error" | tail -2 || status=1
+          for split in ${HEAD_SPLITS:-off}; do
+            sf=""; [ "$split" = off ] || sf="--head-split-min-len $split"
+            for v in "" --vary-lengths; do
+              $BUILD/elastic bench-train --model $M --tokens ${BENCH_TOKENS:-65536} --mix ${BENCH_MIX:-1,1,1} --steps ${VARY_STEPS:-8} \
+                --no-breakdown --fa-backend $fa $sf $v --omega $OMEGA ${BENCH_FLAGS:---keep-layers auto} \
+                --out "$OUT/bench_vary_${shape}_${fa}_split-${split}${v}.json" 2>&1 | grep -E "step |error" | tail -2 || status=1
+            done
           done
         done
         # The PyTorch port as the reference runs it (every layer checkpointed), the same two ways.

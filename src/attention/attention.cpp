@@ -24,6 +24,9 @@ std::atomic<int> g_full_backend{0};
 // Streaming attention's window band: 0 auto, 1 flash, 2 cuDNN in the backward, 3 cuDNN both ways.
 std::atomic<int> g_streaming_backend{0};
 
+// Samples at least this long run a subset of their KV heads one KV head a call (set_head_split_min_len).
+std::atomic<int64_t> g_head_split_min_len{std::numeric_limits<int64_t>::max()};
+
 // Whether cuDNN runs the window band of streaming attention in this direction.
 bool band_on_cudnn(const torch::Tensor& q, bool backward) {
   const int b = g_streaming_backend;
@@ -355,6 +358,8 @@ std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b
 }
 
 void set_force_blocked(bool on) { g_force_blocked = on; }
+void set_head_split_min_len(int64_t tokens) { g_head_split_min_len = tokens; }
+int64_t head_split_min_len() { return g_head_split_min_len; }
 void set_fp32_attention_in_bf16(bool on) { g_fp32_in_bf16 = on; }
 
 namespace {
@@ -491,6 +496,30 @@ void put_sample_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_
 
 bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() == 0; }
 
+// Whether sample b's heads `idx` run one KV head a call.
+bool split_heads(const torch::Tensor& idx, int64_t n, int64_t Hkv) {
+  return idx.numel() > 1 && idx.numel() < Hkv && n >= g_head_split_min_len;
+}
+
+// Rows [s0, s0 + n) of t [T, Hkv * G, d] at the KV heads idx, head-major: [m, rows, G, d] with zero rows
+// after n, so that each head's [rows, G, d] is a contiguous tensor of the same shape and strides
+// whichever heads and how many were selected (cuDNN's plan key).
+torch::Tensor head_major_rows(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv,
+                              int64_t rows) {
+  const int64_t G = t.size(1) / Hkv, d = t.size(2);
+  auto sel = t.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 0, 2, 3}).index_select(0, idx);  // [m, n, G, d]
+  if (rows == n) return sel;
+  auto buf = torch::zeros({idx.numel(), rows, G, d}, t.options());
+  buf.narrow(1, 0, n).copy_(sel);
+  return buf;
+}
+
+// Per-head results [n, G', d] in selection order, as one [n, m * G', d] tensor for put_sample_heads.
+torch::Tensor by_heads(const std::vector<torch::Tensor>& per_head) {
+  auto x = torch::stack(per_head, 1);  // [n, m, G', d]
+  return x.view({x.size(0), x.size(1) * x.size(2), x.size(3)});
+}
+
 }  // namespace
 
 bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask, bool backward) {
@@ -510,12 +539,24 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
     const auto& idx = heads[static_cast<size_t>(b)];
     if (no_heads(idx)) continue;
     const int64_t s0 = pack.begin(b), n = pack.length(b);
+    auto run = [&](const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs) {
+      if (cudnn) return cudnn_sample_forward(qs, ks, vs, n, scale);
+      return attention_forward(qs.narrow(0, 0, n), ks.narrow(0, 0, n), vs.narrow(0, 0, n), one_sample(q, n), mask, scale);
+    };
+    if (split_heads(idx, n, Hkv)) {
+      const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
+      auto qh = head_major_rows(qc, s0, n, idx, Hkv, rows), kh = head_major_rows(kc, s0, n, idx, Hkv, rows),
+           vh = head_major_rows(vc, s0, n, idx, Hkv, rows);
+      std::vector<torch::Tensor> outs;
+      for (int64_t j = 0; j < idx.numel(); ++j) outs.push_back(run(qh[j], kh[j], vh[j]).out);
+      put_sample_heads(out, by_heads(outs), s0, n, idx, Hkv, /*accumulate=*/false);
+      continue;
+    }
     auto sel = [&](const torch::Tensor& t) {
       if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
       return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
     };
-    auto f = cudnn ? cudnn_sample_forward(sel(qc), sel(kc), sel(vc), n, scale)
-                   : attention_forward(sel(qc), sel(kc), sel(vc), one_sample(q, n), mask, scale);
+    auto f = run(sel(qc), sel(kc), sel(vc));
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
   }
 }
@@ -536,16 +577,38 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
     if (no_heads(idx)) continue;
     const int64_t s0 = pack.begin(b), n = pack.length(b);
     const bool all = idx.numel() == Hkv;
+    auto lse_s = lse.narrow(2, s0, n);
+    if (!all) lse_s = lse_s.index_select(0, idx);
+    lse_s = lse_s.reshape({-1, n});
+    // dO, q, k, v, out as selected; lse [heads * G, n].
+    auto run = [&](const torch::Tensor& ds, const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs,
+                   const torch::Tensor& os, const torch::Tensor& ls) {
+      if (cudnn) return cudnn_sample_backward(ds, qs, ks, vs, os, ls, n, scale);
+      auto first = [&](const torch::Tensor& t) { return t.narrow(0, 0, n); };
+      return attention_backward(first(ds), first(qs), first(ks), first(vs), AttnForward{first(os), ls.contiguous()},
+                                one_sample(q, n), mask, scale);
+    };
+    if (split_heads(idx, n, Hkv)) {
+      const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
+      auto major = [&](const torch::Tensor& t) { return head_major_rows(t, s0, n, idx, Hkv, rows); };
+      auto dh = major(dc), qh = major(qc), kh = major(kc), vh = major(vc), oh = major(oc);
+      std::vector<torch::Tensor> dq, dk, dv;
+      for (int64_t j = 0; j < idx.numel(); ++j) {
+        auto g = run(dh[j], qh[j], kh[j], vh[j], oh[j], lse_s.narrow(0, j * G, G));
+        dq.push_back(g.dq);
+        dk.push_back(g.dk);
+        dv.push_back(g.dv);
+      }
+      put_sample_heads(into.dq, by_heads(dq), s0, n, idx, Hkv, accumulate);
+      put_sample_heads(into.dk, by_heads(dk), s0, n, idx, Hkv, accumulate);
+      put_sample_heads(into.dv, by_heads(dv), s0, n, idx, Hkv, accumulate);
+      continue;
+    }
     auto sel = [&](const torch::Tensor& t) {
       if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
       return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
     };
-    auto lse_s = lse.narrow(2, s0, n);
-    if (!all) lse_s = lse_s.index_select(0, idx);
-    lse_s = lse_s.reshape({-1, n});
-    auto g = cudnn ? cudnn_sample_backward(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s, n, scale)
-                   : attention_backward(sel(dc), sel(qc), sel(kc), sel(vc), AttnForward{sel(oc), lse_s.contiguous()},
-                                        one_sample(q, n), mask, scale);
+    auto g = run(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s);
     put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
     put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);

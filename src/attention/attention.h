@@ -60,6 +60,12 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
                               const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
                               const std::vector<torch::Tensor>& heads, MaskSpec mask, double scale,
                               bool accumulate, const AttnGrads& into);
+// Samples of at least this many tokens run a subset of their KV heads (more than one, fewer than all)
+// one KV head a call instead of all in one. PyTorch keys cuDNN's plans by shape, head count included,
+// so one call per head leaves two keys per padded length (every head, one head) instead of one per
+// head count. Off (the largest int64) until measured; bench-train --head-split-min-len.
+void set_head_split_min_len(int64_t tokens);
+int64_t head_split_min_len();
 
 // Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

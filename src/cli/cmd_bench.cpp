@@ -64,7 +64,7 @@ json profile_difference(const util::KernelProfile& a, const util::KernelProfile&
 int cmd_bench_train(int argc, char** argv) {
   Args a("bench-train", argc, argv,
          {"model", "tokens", "mix", "steps", "dtype", "device", "sink", "window", "out", "peak-tflops", "fa-backend", "gather-min-len", "trace",
-          "keep-layers", "ssa-backend", "omega"},
+          "keep-layers", "ssa-backend", "omega", "head-split-min-len"},
          {"help", "no-checkpoint", "offload", "no-breakdown", "profile", "vary-lengths"});
   if (a.flag("help")) {
     std::cout << "elastic bench-train --model DIR [--tokens 32768,65536 --mix 1,1,2 --steps 3 --sink 128 --window 2048\n"
@@ -80,6 +80,8 @@ int cmd_bench_train(int argc, char** argv) {
                  "  (tools/trace_gaps.py says what the host did while the GPU idled).\n"
                  "--gather-min-len N: below this longest-sample length the routing-aware backward masks dO over every\n"
                  "  head instead of running the selected heads (default 0: always selected).\n"
+                 "--head-split-min-len N: samples of N tokens or more run a subset of their KV heads one head a call,\n"
+                 "  so cuDNN's plan keys do not depend on how many heads were selected (default: never).\n"
                  "--offload: checkpointed layer inputs in pinned host memory (train.offload_checkpoints).\n"
                  "--vary-lengths: each step's samples get new random lengths (within an eighth of --mix's), as real\n"
                  "  data has, so per-shape costs (cuDNN's plans, per padded sample length) count in the step time;\n"
@@ -97,6 +99,7 @@ int cmd_bench_train(int argc, char** argv) {
   const auto& mc = m->config();
   if (a.has("fa-backend")) attention::set_full_attention_backend(a.get("fa-backend", ""));
   if (a.has("gather-min-len")) attention::set_gather_min_len(a.get_int("gather-min-len", 0));
+  if (a.has("head-split-min-len")) attention::set_head_split_min_len(a.get_int("head-split-min-len", 0));
   if (a.has("ssa-backend")) attention::set_streaming_backend(a.get("ssa-backend", ""));
   router::RouterOptions ro;
   ro.head_dim = mc.head_dim;
@@ -137,6 +140,7 @@ int cmd_bench_train(int argc, char** argv) {
   result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
   bool measure_layers = false;  // the --keep-layers auto step measures a layer's activations
   result["fa_backend"] = attention::full_attention_backend();
+  if (a.has("head-split-min-len")) result["head_split_min_len"] = attention::head_split_min_len();
   result["ssa_backend"] = attention::streaming_backend();
   const bool vary = a.flag("vary-lengths");
   for (int64_t T : sizes) {
