@@ -25,7 +25,7 @@ int64_t cudnn_sample_length(int64_t n);
 // PyTorch 2.11 caches cuDNN attention plans per thread and direction, without bound, keyed by the
 // tensors' sizes, strides and dtype (aten/src/ATen/native/cudnn/MHA.cpp); each new key is a plan
 // build. The no-grad forward runs on the caller's thread and the recompute on autograd's device
-// thread, so a forward shape is built twice. note_cudnn_sample_shape records the key of a call on
+// thread, so a forward shape seen by both is built twice. note_cudnn_sample_shape records the key of a call on
 // the calling thread (q, k as cuDNN gets them) and says whether it is new; cudnn_sample_shapes
 // counts the keys so far, which bench-train reports per step.
 bool note_cudnn_sample_shape(bool backward, const torch::Tensor& q, const torch::Tensor& k);
