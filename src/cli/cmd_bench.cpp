@@ -262,7 +262,8 @@ int cmd_bench_train(int argc, char** argv) {
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
                     << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB, Ω " << omega
-                    << ", new cuDNN plan keys per timed step " << run["cudnn_new_shapes_each"].dump());
+                    << ", new cuDNN plan keys per timed step " << run["cudnn_new_shapes_each"].dump()
+                    << ", step ms each " << run["step_ms_each"].dump());
       // The step with the last step's decisions replayed and no router (the router share, below). The
       // decisions require grad, so the backward takes the step's paths: through every layer's
       // attention to the decisions (ds), and no further than the first layer's.
