@@ -10,6 +10,7 @@
 #include <regex>
 
 #include "attention/attention.h"
+#include "attention/cudnn_sample.h"
 #include "io/atomic_file.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
@@ -206,9 +207,11 @@ json Trainer::step() {
   ELASTIC_CHECK(total_targets > 0, "step " << step_ << ": no labelled tokens in the batch (check the dataset labels)");
 
   int64_t last_keep = 0;  // layers kept by the last micro-batch (metrics)
-  // Per-step sums reduced over ranks: ce, sparsity loss, non-finite flag, then Ω and Ω_ESR per slot.
-  auto sums = torch::zeros({3 + 2 * slots}, torch::kFloat64);
+  // Per-step sums reduced over ranks: ce, sparsity loss, non-finite flag, Ω and Ω_ESR per slot, then the
+  // cuDNN plan keys the step was first to use (each a plan build: attention/cudnn_sample.h).
+  auto sums = torch::zeros({4 + 2 * slots}, torch::kFloat64);
   auto acc = sums.accessor<double, 1>();
+  const int64_t plan_keys_at = 3 + 2 * slots, plan_keys_before = attention::cudnn_sample_shapes();
   for (int64_t m = 0; m < M; ++m) {
     auto& b = batches[m];
     model::ForwardContext ctx;
@@ -279,6 +282,7 @@ json Trainer::step() {
     grads[p.scalar_type()].push_back(p.mutable_grad());
   }
   for (auto& [dt, g] : grads) comm_->allreduce_sum(g, "gradients");
+  acc[plan_keys_at] = static_cast<double>(attention::cudnn_sample_shapes() - plan_keys_before);
   comm_->allreduce_sum(sums, "step metrics");
   acc = sums.accessor<double, 1>();
   const bool nonfinite = acc[2] > 0 || !std::isfinite(acc[0]) || !std::isfinite(acc[1]);
@@ -326,6 +330,7 @@ json Trainer::step() {
   j["ranks"] = comm_->size();
   j["peak_memory_gb"] = peak_memory_gb(device_);
   j["keep_layers"] = last_keep;
+  j["cudnn_new_plan_keys"] = static_cast<int64_t>(acc[plan_keys_at]);
   if (routing) {
     int64_t n = 0;
     double om = 0, es = 0;
