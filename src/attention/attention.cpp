@@ -24,9 +24,6 @@ std::atomic<int> g_full_backend{0};
 // Streaming attention's window band: 0 auto, 1 flash, 2 cuDNN in the backward, 3 cuDNN both ways.
 std::atomic<int> g_streaming_backend{0};
 
-// Samples at least this long run a subset of their KV heads one KV head a call (set_head_split_min_len).
-std::atomic<int64_t> g_head_split_min_len{std::numeric_limits<int64_t>::max()};
-
 // Whether cuDNN runs the window band of streaming attention in this direction.
 bool band_on_cudnn(const torch::Tensor& q, bool backward) {
   const int b = g_streaming_backend;
@@ -336,15 +333,15 @@ AttnGrads flash_backward(const torch::Tensor& dout, const torch::Tensor& q, cons
   return out;
 }
 
-void check_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack) {
+}  // namespace
+
+void check_attention_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack) {
   ELASTIC_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "attention: q, k, v must be [tokens, heads, head_dim]");
   ELASTIC_CHECK(q.size(0) == pack.tokens() && k.size(0) == pack.tokens() && v.size(0) == pack.tokens(),
                 "attention: q/k/v have " << q.size(0) << " tokens but the packing has " << pack.tokens());
   ELASTIC_CHECK(k.sizes() == v.sizes() && q.size(2) == k.size(2) && q.size(1) % k.size(1) == 0,
                 "attention: incompatible shapes q " << q.sizes() << " k " << k.sizes() << " v " << v.sizes());
 }
-
-}  // namespace
 
 std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b, MaskSpec mask) {
   if (mask.full()) return {{0, b}};
@@ -358,8 +355,6 @@ std::vector<std::pair<int64_t, int64_t>> visible_key_ranges(int64_t a, int64_t b
 }
 
 void set_force_blocked(bool on) { g_force_blocked = on; }
-void set_head_split_min_len(int64_t tokens) { g_head_split_min_len = tokens; }
-int64_t head_split_min_len() { return g_head_split_min_len; }
 void set_fp32_attention_in_bf16(bool on) { g_fp32_in_bf16 = on; }
 
 namespace {
@@ -408,7 +403,7 @@ torch::Tensor to_bf16(const torch::Tensor& t) { return t.scalar_type() == torch:
 
 AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                               const Packing& pack, MaskSpec mask, double scale) {
-  check_inputs(q, k, v, pack);
+  check_attention_inputs(q, k, v, pack);
   if (uses_flash(q)) {
     if (q.scalar_type() == torch::kFloat32) {
       auto f = flash_forward(to_bf16(q).contiguous(), to_bf16(k).contiguous(), to_bf16(v).contiguous(), pack, mask, scale);
@@ -426,7 +421,7 @@ AttnForward attention_forward(const torch::Tensor& q, const torch::Tensor& k, co
 
 AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                     const Packing& pack, MaskSpec mask, double scale) {
-  check_inputs(q, k, v, pack);
+  check_attention_inputs(q, k, v, pack);
   ELASTIC_CHECK(q.is_cuda() && !mask.full() && (q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kHalf),
                 "flash_streaming_forward: takes bf16/fp16 CUDA tensors and a streaming mask");
   return flash_forward_composed(q.contiguous(), k.contiguous(), v.contiguous(), pack, mask, scale);
@@ -456,70 +451,6 @@ bool full_attention_per_sample(const torch::Tensor& q, const Packing& pack) {
   return q.scalar_type() != torch::kFloat32 && use_cudnn(pack, MaskSpec::causal());
 }
 
-// One sample's n rows as a pack of their own. The blocked path reads only the host offsets; flash's
-// streaming path also needs the device-side positions.
-Packing one_sample(const torch::Tensor& q, int64_t n) {
-  if (uses_flash(q)) return Packing::from_lengths({n}, q.device());
-  Packing p;
-  p.cu = {0, n};
-  p.max_len = n;
-  return p;
-}
-
-// Full attention on the GPU runs each sample through cuDNN at its padded length; anything else runs
-// the sample's rows as a pack of their own.
-bool heads_on_cudnn(const torch::Tensor& q, MaskSpec mask) { return mask.full() && uses_flash(q); }
-
-void check_heads(const Packing& pack, const std::vector<torch::Tensor>& heads) {
-  ELASTIC_CHECK(static_cast<int64_t>(heads.size()) == pack.num_samples(),
-                "attention: " << heads.size() << " head lists for " << pack.num_samples() << " samples");
-}
-
-// Rows of sample [s0, s0 + n) at the KV heads `idx` (with their G query heads each): [n, m * G, d].
-torch::Tensor sample_heads(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv) {
-  const int64_t G = t.size(1) / Hkv, d = t.size(2);
-  return t.narrow(0, s0, n).view({n, Hkv, G, d}).index_select(1, idx).view({n, idx.numel() * G, d});
-}
-
-// Writes (or adds) src [n, m * G, d] into dst's rows [s0, s0 + n) at the KV heads `idx`.
-void put_sample_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_t s0, int64_t n,
-                      const torch::Tensor& idx, int64_t Hkv, bool accumulate) {
-  const int64_t G = dst.size(1) / Hkv, d = dst.size(2);
-  auto rows = dst.narrow(0, s0, n).view({n, Hkv, G, d});
-  auto vals = src.reshape({n, idx.numel(), G, d});
-  if (idx.numel() == Hkv) {
-    accumulate ? rows.add_(vals) : rows.copy_(vals);
-  } else {
-    accumulate ? rows.index_add_(1, idx, vals) : rows.index_copy_(1, idx, vals);
-  }
-}
-
-bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() == 0; }
-
-// Whether sample b's heads `idx` run one KV head a call.
-bool split_heads(const torch::Tensor& idx, int64_t n, int64_t Hkv) {
-  return idx.numel() > 1 && idx.numel() < Hkv && n >= g_head_split_min_len;
-}
-
-// Rows [s0, s0 + n) of t [T, Hkv * G, d] at the KV heads idx, head-major: [m, rows, G, d] with zero rows
-// after n, so that each head's [rows, G, d] is a contiguous tensor of the same shape and strides
-// whichever heads and how many were selected (cuDNN's plan key).
-torch::Tensor head_major_rows(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv,
-                              int64_t rows) {
-  const int64_t G = t.size(1) / Hkv, d = t.size(2);
-  auto sel = t.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 0, 2, 3}).index_select(0, idx);  // [m, n, G, d]
-  if (rows == n) return sel;
-  auto buf = torch::zeros({idx.numel(), rows, G, d}, t.options());
-  buf.narrow(1, 0, n).copy_(sel);
-  return buf;
-}
-
-// Per-head results [n, G', d] in selection order, as one [n, m * G', d] tensor for put_sample_heads.
-torch::Tensor by_heads(const std::vector<torch::Tensor>& per_head) {
-  auto x = torch::stack(per_head, 1);  // [n, m, G', d]
-  return x.view({x.size(0), x.size(1) * x.size(2), x.size(3)});
-}
-
 }  // namespace
 
 bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask, bool backward) {
@@ -527,99 +458,7 @@ bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask
   return uses_flash(q) && q.scalar_type() != torch::kFloat32 && band_on_cudnn(q, backward);
 }
 
-void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                             const Packing& pack, const std::vector<torch::Tensor>& heads, MaskSpec mask,
-                             double scale, const torch::Tensor& out) {
-  check_inputs(q, k, v, pack);
-  check_heads(pack, heads);
-  const int64_t Hkv = k.size(1);
-  const bool cudnn = heads_on_cudnn(q, mask);
-  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
-  for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const auto& idx = heads[static_cast<size_t>(b)];
-    if (no_heads(idx)) continue;
-    const int64_t s0 = pack.begin(b), n = pack.length(b);
-    auto run = [&](const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs) {
-      if (cudnn) return cudnn_sample_forward(qs, ks, vs, n, scale);
-      return attention_forward(qs.narrow(0, 0, n), ks.narrow(0, 0, n), vs.narrow(0, 0, n), one_sample(q, n), mask, scale);
-    };
-    if (split_heads(idx, n, Hkv)) {
-      const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
-      auto qh = head_major_rows(qc, s0, n, idx, Hkv, rows), kh = head_major_rows(kc, s0, n, idx, Hkv, rows),
-           vh = head_major_rows(vc, s0, n, idx, Hkv, rows);
-      std::vector<torch::Tensor> outs;
-      for (int64_t j = 0; j < idx.numel(); ++j) outs.push_back(run(qh[j], kh[j], vh[j]).out);
-      put_sample_heads(out, by_heads(outs), s0, n, idx, Hkv, /*accumulate=*/false);
-      continue;
-    }
-    auto sel = [&](const torch::Tensor& t) {
-      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
-      return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
-    };
-    auto f = run(sel(qc), sel(kc), sel(vc));
-    put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
-  }
-}
-
-void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
-                              const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
-                              const std::vector<torch::Tensor>& heads, MaskSpec mask, double scale, bool accumulate,
-                              const AttnGrads& into) {
-  check_inputs(q, k, v, pack);
-  check_heads(pack, heads);
-  const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv;
-  const bool cudnn = heads_on_cudnn(q, mask);
-  auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = fwd.out.contiguous(),
-       dc = dout.contiguous();
-  auto lse = fwd.lse.reshape({Hkv, G, T});
-  for (int64_t b = 0; b < pack.num_samples(); ++b) {
-    const auto& idx = heads[static_cast<size_t>(b)];
-    if (no_heads(idx)) continue;
-    const int64_t s0 = pack.begin(b), n = pack.length(b);
-    const bool all = idx.numel() == Hkv;
-    auto lse_s = lse.narrow(2, s0, n);
-    if (!all) lse_s = lse_s.index_select(0, idx);
-    lse_s = lse_s.reshape({-1, n});
-    // dO, q, k, v, out as selected; lse [heads * G, n].
-    auto run = [&](const torch::Tensor& ds, const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs,
-                   const torch::Tensor& os, const torch::Tensor& ls) {
-      if (cudnn) return cudnn_sample_backward(ds, qs, ks, vs, os, ls, n, scale);
-      auto first = [&](const torch::Tensor& t) { return t.narrow(0, 0, n); };
-      return attention_backward(first(ds), first(qs), first(ks), first(vs), AttnForward{first(os), ls.contiguous()},
-                                one_sample(q, n), mask, scale);
-    };
-    if (split_heads(idx, n, Hkv)) {
-      const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
-      auto major = [&](const torch::Tensor& t) { return head_major_rows(t, s0, n, idx, Hkv, rows); };
-      auto dh = major(dc), qh = major(qc), kh = major(kc), vh = major(vc), oh = major(oc);
-      std::vector<torch::Tensor> dq, dk, dv;
-      for (int64_t j = 0; j < idx.numel(); ++j) {
-        auto g = run(dh[j], qh[j], kh[j], vh[j], oh[j], lse_s.narrow(0, j * G, G));
-        dq.push_back(g.dq);
-        dk.push_back(g.dk);
-        dv.push_back(g.dv);
-      }
-      put_sample_heads(into.dq, by_heads(dq), s0, n, idx, Hkv, accumulate);
-      put_sample_heads(into.dk, by_heads(dk), s0, n, idx, Hkv, accumulate);
-      put_sample_heads(into.dv, by_heads(dv), s0, n, idx, Hkv, accumulate);
-      continue;
-    }
-    auto sel = [&](const torch::Tensor& t) {
-      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
-      return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
-    };
-    auto g = run(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s);
-    put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);
-    put_sample_heads(into.dk, g.dk, s0, n, idx, Hkv, accumulate);
-    put_sample_heads(into.dv, g.dv, s0, n, idx, Hkv, accumulate);
-  }
-}
-
 namespace {
-
-struct PackStore {
-  Packing pack;
-};
 
 class AttentionFn : public torch::autograd::Function<AttentionFn> {
  public:

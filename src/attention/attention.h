@@ -67,6 +67,9 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
 void set_head_split_min_len(int64_t tokens);
 int64_t head_split_min_len();
 
+// Throws unless q/k/v are [tokens, heads, head_dim] with the pack's tokens and grouped-query heads.
+void check_attention_inputs(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const Packing& pack);
+
 // Differentiable attention (custom autograd: the backward recomputes, nothing T x T is saved).
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                         const Packing& pack, MaskSpec mask, double scale);
