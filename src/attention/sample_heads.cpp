@@ -53,7 +53,7 @@ void put_sample_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_
 
 bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() == 0; }
 
-// Whether sample b's heads `idx` run one KV head a call.
+// Whether a sample of n tokens runs its KV heads `idx` one KV head a call.
 bool split_heads(const torch::Tensor& idx, int64_t n, int64_t Hkv) {
   return idx.numel() > 1 && idx.numel() < Hkv && n >= g_head_split_min_len;
 }
@@ -66,7 +66,8 @@ torch::Tensor head_major_rows(const torch::Tensor& t, int64_t s0, int64_t n, con
   const int64_t G = t.size(1) / Hkv, d = t.size(2);
   auto sel = t.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 0, 2, 3}).index_select(0, idx);  // [m, n, G, d]
   if (rows == n) return sel;
-  auto buf = torch::zeros({idx.numel(), rows, G, d}, t.options());
+  auto buf = torch::empty({idx.numel(), rows, G, d}, t.options());
+  buf.narrow(1, n, rows - n).zero_();
   buf.narrow(1, 0, n).copy_(sel);
   return buf;
 }
@@ -100,8 +101,8 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
     };
     if (split_heads(idx, n, Hkv)) {
       const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
-      auto qh = head_major_rows(qc, s0, n, idx, Hkv, rows), kh = head_major_rows(kc, s0, n, idx, Hkv, rows),
-           vh = head_major_rows(vc, s0, n, idx, Hkv, rows);
+      auto major = [&](const torch::Tensor& t) { return head_major_rows(t, s0, n, idx, Hkv, rows); };
+      auto qh = major(qc), kh = major(kc), vh = major(vc);
       std::vector<torch::Tensor> outs;
       for (int64_t j = 0; j < idx.numel(); ++j) outs.push_back(run(qh[j], kh[j], vh[j]).out);
       put_sample_heads(out, by_heads(outs), s0, n, idx, Hkv, /*accumulate=*/false);
