@@ -1,8 +1,10 @@
-// The kernel-time profiler behind bench-train --profile: categories, a CPU run, and the CLI block.
+// The kernel-time profiler behind bench-train --profile: categories, a CPU run, and the CLI block
+// (with the provenance every bench result carries).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 
@@ -42,7 +44,7 @@ TEST(KernelProfile, RunsTheWorkOnceAndTimesIt) {
   }
 }
 
-TEST(KernelProfile, BenchTrainRecordsAProfileBlock) {
+TEST(KernelProfile, BenchTrainRecordsAProfileBlockAndItsProvenance) {
   elastic::testing::TempDir d;
   const std::string e = ELASTIC_BINARY;
   ASSERT_EQ(std::system((e + " make-tiny-model --arch qwen3 --out " + d.str("model") + " --vocab 256 --layers 2 > /dev/null 2>&1").c_str()), 0);
@@ -56,4 +58,24 @@ TEST(KernelProfile, BenchTrainRecordsAProfileBlock) {
   EXPECT_GT(p["wall_ms"].get<double>(), 0);
   EXPECT_TRUE(p.contains("category_ms") && p.contains("top_kernels") && p.contains("gpu_idle_fraction"));
   if (!torch::cuda::is_available()) EXPECT_EQ(p["gpu_ms"].get<double>(), 0);
+
+  // How the result was made: this command line, the device, and the commit of the tree it ran in.
+  const std::string cmd = j["command"].get<std::string>();
+  EXPECT_EQ(cmd.rfind("elastic bench-train --model " + d.str("model") + " --device cpu --tokens 512", 0), 0u) << cmd;
+  EXPECT_EQ(j["machine"], "cpu");
+  EXPECT_EQ(j["torch"].get<std::string>().rfind("2.", 0), 0u) << j["torch"];
+  EXPECT_EQ(j["date"].get<std::string>().size(), 20u) << j["date"];  // 2026-12-05T08:00:00Z
+  std::string head;
+  if (FILE* g = popen("git rev-parse HEAD 2>/dev/null", "r")) {
+    char buf[64] = {};
+    if (fgets(buf, sizeof buf, g)) head = buf;
+    pclose(g);
+  }
+  while (!head.empty() && head.back() == '\n') head.pop_back();
+  if (head.empty()) {
+    EXPECT_TRUE(j["commit"].is_null());
+  } else {
+    EXPECT_EQ(j["commit"], head);
+    EXPECT_TRUE(j["dirty"].is_boolean());
+  }
 }

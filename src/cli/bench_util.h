@@ -28,9 +28,11 @@ struct Timer {
     }
     return t;
   }
+  // The middle time; the mean of the two middle ones for an even count.
   static double median(std::vector<double> t) {
     std::sort(t.begin(), t.end());
-    return t[t.size() / 2];
+    const size_t h = t.size() / 2;
+    return t.size() % 2 ? t[h] : (t[h - 1] + t[h]) / 2;
   }
   template <class F>
   double median_ms(F&& f, int reps) const {

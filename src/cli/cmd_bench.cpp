@@ -9,6 +9,7 @@
 #include "attention/cudnn_sample.h"
 #include "attention/hybrid.h"
 #include "cli/args.h"
+#include "cli/bench_provenance.h"
 #include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "io/atomic_file.h"
@@ -125,10 +126,12 @@ int cmd_bench_train(int argc, char** argv) {
   const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", 128), a.get_int("window", 2048));
   const double peak = a.get_double("peak-tflops", 800.0);
   const int steps = static_cast<int>(a.get_int("steps", 3));
+  ELASTIC_CHECK(steps >= 1, "bench-train: --steps must be at least 1, got " << steps);
   Timer timer{device};
   json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"params", mc.num_parameters()},
                  {"dtype", c10::toString(dtype)}, {"checkpoint", !a.flag("no-checkpoint")},
                  {"sink", ssa.sink}, {"window", ssa.window}, {"omega_init", omega_init}, {"runs", json::array()}};
+  result.update(bench_provenance("bench-train", argc, argv, device));
   const auto sizes = a.get_int_list("tokens", "32768,65536");
   const auto mix = a.get_int_list("mix", "1,1,2");
   const int64_t nsamples = static_cast<int64_t>(mix.size());
@@ -390,6 +393,7 @@ int cmd_bench_prefill(int argc, char** argv) {
   const auto ssa = attention::MaskSpec::streaming(a.get_int("sink", sink), a.get_int("window", window));
   const double omega = a.get_double("omega", 0.7);
   const int reps = static_cast<int>(a.get_int("repeat", 3));
+  ELASTIC_CHECK(reps >= 1, "bench-prefill: --repeat must be at least 1, got " << reps);
   torch::manual_seed(0);
   // The fixed mask: exactly round(omega * L * H) streaming heads.
   const int64_t L = mc.num_layers, H = mc.num_kv_heads, n_ssa = std::llround(omega * L * H);
@@ -399,6 +403,7 @@ int cmd_bench_prefill(int argc, char** argv) {
   Timer timer{device};
   json result = {{"model", a.require("model")}, {"architecture", mc.architecture}, {"sink", ssa.sink},
                  {"window", ssa.window}, {"dtype", c10::toString(dtype)}, {"runs", json::array()}};
+  result.update(bench_provenance("bench-prefill", argc, argv, device));
   if (use_router) result["router"] = a.get("router", "");
   else result["omega_msr"] = double(n_ssa) / (L * H);
   const auto sizes = a.get_int_list("tokens", "32768,65536,131072");

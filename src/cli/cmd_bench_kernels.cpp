@@ -4,6 +4,7 @@
 
 #include "cli/args.h"
 #include "cli/bench_kernels.h"
+#include "cli/bench_provenance.h"
 #include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "io/atomic_file.h"
@@ -25,6 +26,7 @@ int cmd_bench_kernels(int argc, char** argv) {
   KernelShape s;
   s.tokens = a.get_int("tokens", 65536);
   const int reps = static_cast<int>(a.get_int("repeat", 10));
+  ELASTIC_CHECK(reps >= 1, "bench-kernels: --repeat must be at least 1, got " << reps);
   const double peak_gbs = a.get_double("peak-gbs", 3350.0);
   const std::string only = a.get("only", "");
   Timer timer{s.device};
@@ -44,6 +46,7 @@ int cmd_bench_kernels(int argc, char** argv) {
                     {"speedup", composed / fused}, {"fused_gb_per_s", gbs}, {"fraction_of_peak_bandwidth", gbs / peak_gbs}});
   }
   json result = {{"tokens", s.tokens}, {"repeat", reps}, {"peak_gb_per_s", peak_gbs}, {"runs", runs}};
+  result.update(bench_provenance("bench-kernels", argc, argv, s.device));
   if (a.has("out")) io::write_file_atomic(a.get("out", ""), result.dump(1) + "\n");
   return 0;
 }

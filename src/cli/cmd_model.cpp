@@ -6,6 +6,7 @@
 
 #include "attention/packing.h"
 #include "cli/args.h"
+#include "cli/bench_provenance.h"
 #include "cli/bench_util.h"
 #include "cli/commands.h"
 #include "io/atomic_file.h"
@@ -161,8 +162,10 @@ int cmd_bench_forward(int argc, char** argv) {
                            {"load_seconds", load_s},
                            {"load_gb_per_s", bytes / 1e9 / load_s},
                            {"runs", nlohmann::json::array()}};
+  result.update(bench_provenance("bench-forward", argc, argv, device));
   const auto sizes = a.get_int_list("tokens", "8192,32768");
   const int64_t nsamples = a.get_int("samples", 3), repeat = a.get_int("repeat", 5);
+  ELASTIC_CHECK(repeat >= 1, "bench-forward: --repeat must be at least 1, got " << repeat);
   torch::NoGradGuard ng;
   for (int64_t T : sizes) {
     const auto lengths = mixed_lengths(T, std::vector<int64_t>(static_cast<size_t>(nsamples), 1));

@@ -50,6 +50,17 @@ int64_t device_memory_bytes(torch::Device device) {
   return 0;
 }
 
+std::string device_name(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop{};
+    ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
+    return prop.name;
+  }
+#endif
+  return device.is_cuda() ? "cuda" : "cpu";
+}
+
 void release_cached_memory(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::emptyCache();

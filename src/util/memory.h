@@ -2,6 +2,8 @@
 #pragma once
 #include <torch/torch.h>
 
+#include <string>
+
 namespace elastic {
 
 double peak_memory_gb(torch::Device device);
@@ -10,6 +12,8 @@ void reset_peak_memory(torch::Device device);
 int64_t allocated_bytes(torch::Device device);
 // The GPU's memory in bytes (0 on the CPU).
 int64_t device_memory_bytes(torch::Device device);
+// The GPU's name ("NVIDIA H100 80GB HBM3"), or "cpu".
+std::string device_name(torch::Device device);
 // Returns cached, unused GPU blocks to the driver (after an out-of-memory error, say).
 void release_cached_memory(torch::Device device);
 
