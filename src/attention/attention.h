@@ -63,7 +63,8 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
 // Samples of at least this many tokens run a subset of their KV heads (more than one, fewer than all)
 // one KV head a call instead of all in one. PyTorch keys cuDNN's plans by shape, head count included,
 // so one call per head leaves two keys per padded length (every head, one head) instead of one per
-// head count. Off (the largest int64) until measured; bench-train --head-split-min-len.
+// head count. Off (the largest int64): on one H100 it built a third of the plans but cost 1.5% of
+// every Qwen3-8B 64K step (docs/performance.md, session 16); bench-train --head-split-min-len.
 void set_head_split_min_len(int64_t tokens);
 int64_t head_split_min_len();
 
