@@ -38,13 +38,19 @@ int64_t allocated_bytes(torch::Device device) {
   return 0;
 }
 
+#ifdef ELASTIC_WITH_CUDA
+namespace {
+cudaDeviceProp device_properties(torch::Device device) {
+  cudaDeviceProp prop{};
+  ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
+  return prop;
+}
+}  // namespace
+#endif
+
 int64_t device_memory_bytes(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) {
-    cudaDeviceProp prop{};
-    ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
-    return static_cast<int64_t>(prop.totalGlobalMem);
-  }
+  if (device.is_cuda()) return static_cast<int64_t>(device_properties(device).totalGlobalMem);
 #endif
   (void)device;
   return 0;
@@ -52,11 +58,7 @@ int64_t device_memory_bytes(torch::Device device) {
 
 std::string device_name(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) {
-    cudaDeviceProp prop{};
-    ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
-    return prop.name;
-  }
+  if (device.is_cuda()) return device_properties(device).name;
 #endif
   return device.is_cuda() ? "cuda" : "cpu";
 }
