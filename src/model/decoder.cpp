@@ -128,7 +128,9 @@ namespace {
 
 // Runs a layer's forward with grad; when asked, records the most any layer's activations held
 // (ForwardContext::layer_activation_bytes; what keeping a layer costs). not_kept(result): bytes the
-// allocation grew by that a kept layer would not hold.
+// allocation grew by that a kept layer does not add to the step. Its output is one of them: that
+// tensor is the next layer's input, which the step holds anyway (as that layer's checkpoint). Counted,
+// it made auto's plan 8-15% too large per kept layer on the H100 (docs/performance.md, session 16).
 template <class Forward, class NotKept>
 auto measure_held(const torch::Tensor& x, ForwardContext& ctx, Forward forward, NotKept not_kept) {
   if (!ctx.measure_layer_activations) return forward();
@@ -139,19 +141,20 @@ auto measure_held(const torch::Tensor& x, ForwardContext& ctx, Forward forward, 
 }
 
 torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
-  return measure_held(x, ctx, [&] { return layer.forward_plain(x, ctx); }, [](const torch::Tensor&) { return int64_t{0}; });
+  return measure_held(x, ctx, [&] { return layer.forward_plain(x, ctx); },
+                      [](const torch::Tensor& out) { return static_cast<int64_t>(out.nbytes()); });
 }
 
 // The recompute of a layer whose down projection is frozen stops before it: the backward needs only
 // dL/d(act) = dL/d(out) · W_down, never the projection's output, so its matmul (a sixth of the layer's
 // linear FLOPs at Qwen3-8B's shapes) would be thrown away. Returns {h, act}, out = h + down_proj(act).
-// The measurement counts what forward_plain would hold: the output (h's size) instead of act.
+// h is the second norm's input, which the layer holds either way; act is the down projection's input,
+// which a kept layer with a frozen projection does not hold.
 std::pair<torch::Tensor, torch::Tensor> recompute_to_down_proj(DecoderLayerImpl& layer, const torch::Tensor& x,
                                                                ForwardContext& ctx) {
   using Result = std::pair<torch::Tensor, torch::Tensor>;
-  return measure_held(x, ctx, [&] { return layer.forward_to_down_proj(x, ctx); }, [](const Result& r) {
-    return static_cast<int64_t>(r.second.nbytes()) - static_cast<int64_t>(r.first.nbytes());
-  });
+  return measure_held(x, ctx, [&] { return layer.forward_to_down_proj(x, ctx); },
+                      [](const Result& r) { return static_cast<int64_t>(r.second.nbytes()); });
 }
 
 bool down_proj_frozen(const DecoderLayerImpl& layer) {
@@ -170,21 +173,19 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
   // not; it is handed in requiring grad only so that this backward runs for the layer's router.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* actx, torch::Tensor x,
                                                 DecoderLayerImpl* layer, ForwardContext* ctx, bool input_grad) {
+    // The input's copy to the host starts first, so it overlaps this layer's forward.
+    if (ctx->offload_checkpoints && x.is_cuda()) {
+      if (!ctx->offload) ctx->offload = c10::make_intrusive<CheckpointOffload>();
+      actx->saved_data["offload_slot"] = ctx->offload->push(x);
+      actx->saved_data["offload"] = c10::IValue::make_capsule(ctx->offload);
+    } else {
+      actx->save_for_backward({x});
+    }
     torch::Tensor out, s;
     {
       torch::NoGradGuard ng;
       out = layer->forward_plain(x, *ctx);
       if (ctx->mode != RoutingMode::off) s = ctx->decisions.back();
-    }
-    if (ctx->offload_checkpoints && x.is_cuda()) {
-      // Same-stream copies: the device-to-host copy is ordered before any reuse of x's memory,
-      // and the host-to-device copy in the backward after it.
-      auto host = torch::empty(x.sizes(), x.options().device(torch::kCPU).pinned_memory(true));
-      host.copy_(x, /*non_blocking=*/true);
-      actx->saved_data["x_host"] = host;
-      actx->saved_data["x_device"] = static_cast<int64_t>(x.device().index());
-    } else {
-      actx->save_for_backward({x});
     }
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     actx->saved_data["input_grad"] = input_grad;
@@ -201,10 +202,11 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
     auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
     torch::Tensor x;
-    if (actx->saved_data.count("x_host")) {
-      const auto dev = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(actx->saved_data["x_device"].toInt()));
-      x = actx->saved_data["x_host"].toTensor().to(dev, /*non_blocking=*/true);
-      actx->saved_data.erase("x_host");
+    if (actx->saved_data.count("offload_slot")) {
+      // This pass's offload, not ctx's: a later forward on the same context starts a new one.
+      const auto offload =
+          c10::static_intrusive_pointer_cast<CheckpointOffload>(actx->saved_data["offload"].toCapsule());
+      x = offload->take(actx->saved_data["offload_slot"].toInt());
     } else {
       x = actx->get_saved_variables()[0].detach();
     }
@@ -304,6 +306,7 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   if (!ctx.cos.defined()) prepare(ctx);
   ctx.decisions.clear();
   ctx.pool_plan.reset();  // a new pass may carry another pack
+  ctx.offload.reset();    // the last pass's nodes hold their own
   ctx.router_logits.clear();
   auto h = model->embed_tokens->forward(ids.to(opts_.device()));
   const auto num_layers = static_cast<int64_t>(model->layers.size());

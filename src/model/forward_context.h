@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "attention/packing.h"
+#include "model/offload.h"
 #include "router/router.h"
 
 namespace elastic::model {
@@ -35,6 +36,7 @@ struct ForwardContext {
   // With checkpointing on a GPU: keep each layer's saved input in pinned host memory instead of
   // GPU memory (the largest activation term at long packs: layers x tokens x hidden).
   bool offload_checkpoints = false;
+  c10::intrusive_ptr<CheckpointOffload> offload;  // this pass's offloaded inputs (model/offload.h)
   // With checkpointing: the last N decoder layers keep their activations and skip the recompute.
   // Their forward runs once, with grad, and costs activation memory that grows with the pack;
   // the last layers are the ones kept because the backward frees them first.
