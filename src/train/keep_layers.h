@@ -17,7 +17,8 @@ inline constexpr double kKeepLayersMemoryShare = 0.9;
 struct StepMemory {
   double static_bytes = 0;  // allocated before the forward: weights, optimizer state, the batch
   double peak_bytes = 0;    // the measured step's peak
-  double layer_bytes = 0;   // the most one layer's activations held (ForwardContext::layer_activation_bytes)
+  double layer_bytes = 0;   // the most one layer's activations held, its output not counted
+                            // (ForwardContext::layer_activation_bytes)
   int64_t tokens = 0;       // the measured pack (every layer recomputed)
 
   // Layers (0..num_layers) that can keep their activations on a pack of `tokens` within
