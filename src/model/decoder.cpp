@@ -317,6 +317,11 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
     auto& layer = model->layers[static_cast<size_t>(i)];
     h = i < first_kept ? layer->forward(h, ctx) : forward_holding_activations(*layer, h, ctx);
   }
+  if (ctx.offload && first_kept < num_layers && h.requires_grad()) {
+    // The last offloaded input comes back while the kept layers' backward runs: h's gradient is
+    // ready just before that backward starts.
+    h.register_hook([offload = ctx.offload](const torch::Tensor&) { offload->prefetch_last(); });
+  }
   return model->norm->forward(h);
 }
 

@@ -73,4 +73,8 @@ torch::Tensor CheckpointOffload::take(int64_t slot) {
   return x;
 }
 
+void CheckpointOffload::prefetch_last() {
+  if (!slots_.empty() && slots_.back().host.defined()) fetch(slots_.back());
+}
+
 }  // namespace elastic::model

@@ -18,6 +18,9 @@ class CheckpointOffload : public torch::CustomClassHolder {
   // Slot `slot`'s input on its device, ordered before any later work on the current stream. Starts
   // bringing back slot - 1, the input the next recompute needs.
   torch::Tensor take(int64_t slot);
+  // Starts bringing back the last slot's input, if nothing has taken it yet: the backward's first
+  // recompute needs it, and nothing before that recompute would otherwise ask for it.
+  void prefetch_last();
 
  private:
   struct Slot {
