@@ -46,6 +46,19 @@ TEST(KeepLayers, MeasuredH200StepKeepsOneLayerMoreThanTheRecomputePeakPlusKLayer
   EXPECT_LE(125.3e9, budget);
 }
 
+// The same card and pack with the layer inputs offloaded (session 18): 32.05 GB peak with none kept,
+// 6.33 GB a layer. The k - 1 count kept 17, which peaked at 140.9 GB, above the 135.7 GB budget.
+TEST(KeepLayers, MeasuredH200StepWithOffloadedInputsKeepsWhatFits) {
+  const double budget = train::kKeepLayersMemoryShare * 143771.0 * 1048576.0;
+  const train::StepMemory offloaded{16.4e9, 32.05e9, 6.33e9, 65536, /*inputs_offloaded=*/true};
+  const auto k = offloaded.layers_that_fit(65536, budget, 36);
+  EXPECT_EQ(k, 16);
+  EXPECT_LE(32.05e9 + k * 6.33e9, budget);
+  train::StepMemory on_gpu = offloaded;
+  on_gpu.inputs_offloaded = false;
+  EXPECT_EQ(on_gpu.layers_that_fit(65536, budget, 36), 17);
+}
+
 TEST(KeepLayers, ConfigTakesAutoOrANumberAndNamesTheKeyOtherwise) {
   const std::string paths = "model:\n  path: m\ndata:\n  path: d.bin\n";
   EXPECT_EQ(train::parse_config(paths + "train:\n  keep_layers: auto\n", "t.yaml", {}).train_keep_layers, "auto");

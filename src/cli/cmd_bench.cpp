@@ -232,7 +232,7 @@ int cmd_bench_train(int argc, char** argv) {
         measure_layers = true;
         train_step();
         measure_layers = false;
-        const auto sm = probe.finish(layer_bytes, T);
+        const auto sm = probe.finish(layer_bytes, T, a.flag("offload"));
         keep_layers = sm.layers_that_fit(T, train::keep_layers_budget_bytes(device), mc.num_layers);
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;
         LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (a layer's activations "

@@ -15,10 +15,12 @@ int64_t StepMemory::layers_that_fit(int64_t pack_tokens, double budget_bytes, in
   const double per_layer = layer_bytes * scale;
   const double room = budget_bytes - static_bytes - activations;
   if (room < 0) return 0;
-  // The measured peak already holds one layer's activations, the recompute's, in the backward of
-  // the last layer; with k layers kept that recompute never runs while they are held, so k layers
-  // add k - 1 layers to it (H200, Qwen3-8B at 64K: 118.9 GB with 12 kept against 132 GB for k).
-  return std::clamp<int64_t>(static_cast<int64_t>(std::floor(room / per_layer)) + 1, 0, num_layers);
+  // With the layer inputs on the GPU, k kept layers add k - 1 layers to the measured peak: it
+  // already holds one layer's worth, the recompute's (H200, Qwen3-8B at 64K: 118.9 GB with 12 kept
+  // against 132 GB for k). With the inputs in host memory they add k: 17 kept by the k - 1 count
+  // peaked at 140.9 GB there, 7.6 GB above the plan (on an 80 GB card, out of memory).
+  const int64_t held = inputs_offloaded ? 0 : 1;
+  return std::clamp<int64_t>(static_cast<int64_t>(std::floor(room / per_layer)) + held, 0, num_layers);
 }
 
 StepMemoryProbe::StepMemoryProbe(torch::Device device) : device_(device) {
@@ -26,8 +28,9 @@ StepMemoryProbe::StepMemoryProbe(torch::Device device) : device_(device) {
   static_bytes_ = static_cast<double>(allocated_bytes(device_));
 }
 
-StepMemory StepMemoryProbe::finish(int64_t layer_bytes, int64_t tokens) const {
-  return StepMemory{static_bytes_, peak_memory_gb(device_) * 1e9, static_cast<double>(layer_bytes), tokens};
+StepMemory StepMemoryProbe::finish(int64_t layer_bytes, int64_t tokens, bool inputs_offloaded) const {
+  return StepMemory{static_bytes_, peak_memory_gb(device_) * 1e9, static_cast<double>(layer_bytes), tokens,
+                    inputs_offloaded};
 }
 
 double keep_layers_budget_bytes(torch::Device device) {

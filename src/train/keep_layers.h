@@ -20,6 +20,7 @@ struct StepMemory {
   double layer_bytes = 0;   // the most one layer's activations held, its output not counted
                             // (ForwardContext::layer_activation_bytes)
   int64_t tokens = 0;       // the measured pack (every layer recomputed)
+  bool inputs_offloaded = false;  // the measured step kept its layer inputs in host memory
 
   // Layers (0..num_layers) that can keep their activations on a pack of `tokens` within
   // `budget_bytes`; activations scale with the pack's tokens, the static part does not.
@@ -31,8 +32,9 @@ struct StepMemory {
 class StepMemoryProbe {
  public:
   explicit StepMemoryProbe(torch::Device device);
-  // layer_bytes: the step's ForwardContext::layer_activation_bytes; tokens: its pack's.
-  StepMemory finish(int64_t layer_bytes, int64_t tokens) const;
+  // layer_bytes: the step's ForwardContext::layer_activation_bytes; tokens: its pack's;
+  // inputs_offloaded: its ForwardContext::offload_checkpoints.
+  StepMemory finish(int64_t layer_bytes, int64_t tokens, bool inputs_offloaded) const;
 
  private:
   torch::Device device_;

@@ -267,7 +267,7 @@ json Trainer::step() {
     }
     loss.backward();
     if (probe) {
-      step_memory_ = probe->finish(ctx.layer_activation_bytes, b.pack.tokens());
+      step_memory_ = probe->finish(ctx.layer_activation_bytes, b.pack.tokens(), ctx.offload_checkpoints);
       LOG_INFO("train.keep_layers auto: a layer's activations take " << step_memory_->layer_bytes / 1e9 << " GB at "
                << b.pack.tokens() << " tokens (step peak " << step_memory_->peak_bytes / 1e9 << " GB, weights and state "
                << step_memory_->static_bytes / 1e9 << " GB); a pack this size keeps " << keep_layers_for(b.pack.tokens())
