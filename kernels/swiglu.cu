@@ -68,6 +68,34 @@ __global__ void swiglu_backward_kernel(const T* __restrict__ dy, const T* __rest
   }
 }
 
+// In place: each element is read before its own slot is written, by the same thread, and no other
+// element is touched; g and u alias the outputs, so no __restrict__ on them.
+template <typename T, int V>
+__global__ void swiglu_backward_inplace_kernel(const T* __restrict__ dy, T* g, T* u, int64_t n) {
+  const int64_t items = (n + V - 1) / V;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e = i * V;
+    if (e + V <= n) {
+      float dyv[V], gv[V], uv[V], dgv[V], duv[V];
+      load<T, V>(dy + e, dyv);
+      load<T, V>(g + e, gv);
+      load<T, V>(u + e, uv);
+#pragma unroll
+      for (int k = 0; k < V; ++k) swiglu_grad(dyv[k], gv[k], uv[k], dgv[k], duv[k]);
+      store<T, V>(g + e, dgv);
+      store<T, V>(u + e, duv);
+    } else {
+      for (int64_t k = e; k < n; ++k) {
+        float a, b;
+        swiglu_grad(to_float(dy[k]), to_float(g[k]), to_float(u[k]), a, b);
+        g[k] = from_float<T>(a);
+        u[k] = from_float<T>(b);
+      }
+    }
+  }
+}
+
 template <typename T>
 void launch_forward(const void* g, const void* u, void* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
@@ -100,6 +128,21 @@ void launch_backward(const void* dy, const void* g, const void* u, void* dg, voi
   ELASTIC_CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
+void launch_backward_inplace(const void* dy, void* g, void* u, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  constexpr int V = 16 / sizeof(T);
+  const auto* dyt = static_cast<const T*>(dy);
+  auto* gt = static_cast<T*>(g);
+  auto* ut = static_cast<T*>(u);
+  if (aligned16(dy) && aligned16(g) && aligned16(u)) {
+    swiglu_backward_inplace_kernel<T, V><<<grid_for((n + V - 1) / V), kThreads, 0, stream>>>(dyt, gt, ut, n);
+  } else {
+    swiglu_backward_inplace_kernel<T, 1><<<grid_for(n), kThreads, 0, stream>>>(dyt, gt, ut, n);
+  }
+  ELASTIC_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void swiglu_forward(const void* g, const void* u, void* y, int64_t n, bool bf16, cudaStream_t stream) {
@@ -116,6 +159,14 @@ void swiglu_backward(const void* dy, const void* g, const void* u, void* dg, voi
     launch_backward<__nv_bfloat16>(dy, g, u, dg, du, n, stream);
   } else {
     launch_backward<float>(dy, g, u, dg, du, n, stream);
+  }
+}
+
+void swiglu_backward_inplace(const void* dy, void* g, void* u, int64_t n, bool bf16, cudaStream_t stream) {
+  if (bf16) {
+    launch_backward_inplace<__nv_bfloat16>(dy, g, u, n, stream);
+  } else {
+    launch_backward_inplace<float>(dy, g, u, n, stream);
   }
 }
 

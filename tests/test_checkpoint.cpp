@@ -102,7 +102,10 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
 
 }  // namespace
 
-TEST(Checkpoint, SameGradientsWithAndWithoutRecompute) { same_gradients_with_and_without_recompute(torch::kCPU, false); }
+TEST(Checkpoint, SameGradientsWithAndWithoutRecompute) {
+  same_gradients_with_and_without_recompute(torch::kCPU, false);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "none");  // routers only: the frozen MLP
+}
 
 // The recompute stops before a frozen down projection (its output is never needed); a trainable one
 // needs its input and output gradient, so the whole layer is recomputed.
@@ -111,11 +114,50 @@ TEST(Checkpoint, SameGradientsWithATrainableDownProjection) {
   same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "mlp.");
 }
 
+// A frozen MLP (model/frozen_mlp.h) and a frozen output projection (train/linear_cross_entropy.h)
+// take their own backward, in a kept layer and in a recompute alike. The reference is autograd
+// through both: unfreezing their weights changes no other gradient.
+TEST(Checkpoint, FrozenMlpAndLossGiveAutogradsRouterGradients) {
+  auto m = make_model(torch::kCPU, "none");
+  auto pack = attention::Packing::from_lengths({40, 25}, torch::kCPU);
+  auto ids = torch::randint(64, {65});
+  auto labels = torch::ones({65}, torch::kUInt8);
+  labels.narrow(0, 10, 20).zero_();
+  auto router_grads = [&](bool checkpoint, int64_t keep) {
+    for (auto& p : m->parameters()) p.mutable_grad() = torch::Tensor();
+    auto gen = router::routing_generator(3, 0, 0);
+    auto ctx = training_context(pack, gen, checkpoint, keep);
+    train_pass(m, ids, labels, ctx);
+    std::vector<torch::Tensor> g;
+    for (auto& [name, p] : m->router_parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  std::vector<torch::Tensor> unfrozen;
+  for (auto& p : m->named_parameters()) {
+    if (p.key().find("mlp.") != std::string::npos) unfrozen.push_back(p.value());
+  }
+  unfrozen.push_back(m->lm_head_weight());
+  for (auto& p : unfrozen) p.set_requires_grad(true);
+  ASSERT_FALSE(m->model->layers[0]->mlp->frozen());
+  const auto ref = router_grads(false, 0);
+  for (auto& p : unfrozen) p.set_requires_grad(false);
+  ASSERT_TRUE(m->model->layers[0]->mlp->frozen());
+  for (auto [checkpoint, keep] : {std::pair{false, 0}, {true, 0}, {true, 1}, {true, 3}}) {
+    const auto g = router_grads(checkpoint, keep);
+    ASSERT_EQ(g.size(), ref.size());
+    for (size_t i = 0; i < g.size(); ++i) {
+      EXPECT_GT(ref[i].abs().sum().item<double>(), 0) << "router parameter " << i;
+      EXPECT_LT(rel_err(g[i], ref[i]), 1e-6) << "router parameter " << i << ", checkpoint " << checkpoint << ", keep " << keep;
+    }
+  }
+}
+
 // train.keep_layers: the kept layers join the recomputed ones in one backward (1 of 3), or replace
 // them all (3 of 3).
 TEST(Checkpoint, SameGradientsWithLastLayersKept) {
   same_gradients_with_and_without_recompute(torch::kCPU, false, 1);
   same_gradients_with_and_without_recompute(torch::kCPU, false, 3);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 1, "none");
 }
 
 // The kept layers' routing weights come straight from their routers; the others from the
@@ -151,22 +193,26 @@ TEST(Checkpoint, KeepLayersBeyondTheModelIsRejected) {
 
 // train.keep_layers: auto plans with what a recomputed layer holds in the backward, standing for
 // what a kept layer holds from its forward: both are measured (GPU allocator) and must agree.
+// Both MLP paths: autograd's (an up projection that trains) and the frozen one.
 TEST(Checkpoint, RecomputedLayerHoldsWhatAKeptLayerHolds) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  auto m = make_model(torch::kCUDA);
-  auto pack = attention::Packing::from_lengths({300, 212}, torch::kCUDA);
-  auto ids = torch::randint(64, {512});
-  auto labels = torch::ones({512}, torch::kUInt8);
-  auto measure = [&](int64_t keep) {
-    auto gen = router::routing_generator(3, 0, 0);
-    auto ctx = training_context(pack, gen, true, keep);
-    ctx.measure_layer_activations = true;
-    train_pass(m, ids, labels, ctx);
-    return static_cast<double>(ctx.layer_activation_bytes);
-  };
-  const double recomputed = measure(0), kept = measure(3);
-  EXPECT_GT(kept, 512 * 32 * 8.0) << "a layer holds at least its norms' inputs and its attention outputs";
-  EXPECT_NEAR(recomputed / kept, 1.0, 0.2) << "recomputed " << recomputed << " B, kept " << kept << " B";
+  for (const std::string trainable : {"mlp.up_proj", "none"}) {
+    SCOPED_TRACE(trainable);
+    auto m = make_model(torch::kCUDA, trainable);
+    auto pack = attention::Packing::from_lengths({300, 212}, torch::kCUDA);
+    auto ids = torch::randint(64, {512});
+    auto labels = torch::ones({512}, torch::kUInt8);
+    auto measure = [&](int64_t keep) {
+      auto gen = router::routing_generator(3, 0, 0);
+      auto ctx = training_context(pack, gen, true, keep);
+      ctx.measure_layer_activations = true;
+      train_pass(m, ids, labels, ctx);
+      return static_cast<double>(ctx.layer_activation_bytes);
+    };
+    const double recomputed = measure(0), kept = measure(3);
+    EXPECT_GT(kept, 512 * 32 * 8.0) << "a layer holds at least its norms' inputs and its attention outputs";
+    EXPECT_NEAR(recomputed / kept, 1.0, 0.2) << "recomputed " << recomputed << " B, kept " << kept << " B";
+  }
 }
 
 // Layer inputs kept in pinned host memory between the forward and the recompute, copied on a side
@@ -177,6 +223,7 @@ TEST(Checkpoint, SameGradientsWithOffloadedLayerInputsOnTheGpu) {
   same_gradients_with_and_without_recompute(torch::kCUDA, true);
   same_gradients_with_and_without_recompute(torch::kCUDA, true, 1);
   same_gradients_with_and_without_recompute(torch::kCUDA, true, 0, "mlp.");
+  same_gradients_with_and_without_recompute(torch::kCUDA, true, 1, "none");
 }
 
 // Fixed decisions (baselines, bench-train's step without router) through checkpointed layers: the

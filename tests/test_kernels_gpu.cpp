@@ -112,6 +112,11 @@ TEST_F(KernelsGpu, SwigluForwardAndBackwardMatchFp64) {
       EXPECT_FALSE(has_nan(du));
       EXPECT_LT(rel_err(dg, grads64[0]), tolerance(dtype)) << "dg";
       EXPECT_LT(rel_err(du, grads64[1]), tolerance(dtype)) << "du";
+      // Written over g and u (the frozen MLP's backward): the same values, bit for bit.
+      auto gi = placed(g.clone(), sh.offset), ui = placed(u.clone(), sh.offset);
+      model::swiglu_backward_inplace(dy, gi, ui);
+      EXPECT_TRUE(torch::equal(gi, dg)) << "in place dg";
+      EXPECT_TRUE(torch::equal(ui, du)) << "in place du";
 
       // Through the autograd function, as the MLP calls it.
       auto gg = g.detach().clone().requires_grad_(), ug = u.detach().clone().requires_grad_();

@@ -100,7 +100,19 @@ MLPImpl::MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts) {
 
 torch::Tensor MLPImpl::activation(const torch::Tensor& x) { return swiglu(gate_proj->forward(x), up_proj->forward(x)); }
 
-torch::Tensor MLPImpl::forward(const torch::Tensor& x) { return down_proj->forward(activation(x)); }
+torch::Tensor MLPImpl::forward(const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled() && x.requires_grad() && frozen()) return frozen_mlp(x, frozen_weights());
+  return down_proj->forward(activation(x));
+}
+
+bool MLPImpl::frozen() const {
+  for (const auto* l : {&gate_proj, &up_proj, &down_proj}) {
+    if ((*l)->weight.requires_grad() || (*l)->bias.defined()) return false;
+  }
+  return true;
+}
+
+FrozenMlpWeights MLPImpl::frozen_weights() const { return {gate_proj->weight, up_proj->weight, down_proj->weight}; }
 
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts) {
   self_attn = register_module("self_attn", SelfAttention(cfg, layer, opts));
@@ -110,18 +122,22 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const 
       register_module("post_attention_layernorm", RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, opts));
 }
 
-std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_to_down_proj(const torch::Tensor& x,
-                                                                              ForwardContext& ctx) {
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_to_mlp(const torch::Tensor& x, ForwardContext& ctx) {
   // The attention's residual add goes into the second norm's kernel. The layer's last add stays
   // apart: its sum is the next layer's input, the tensor the checkpoint keeps and the next layer's
   // recompute starts from, so fusing it with that layer's first norm would cross the boundary.
-  auto [h, y] = post_attention_layernorm->forward_add(x, self_attn->forward(input_layernorm->forward(x), ctx));
+  return post_attention_layernorm->forward_add(x, self_attn->forward(input_layernorm->forward(x), ctx));
+}
+
+std::pair<torch::Tensor, torch::Tensor> DecoderLayerImpl::forward_to_down_proj(const torch::Tensor& x,
+                                                                              ForwardContext& ctx) {
+  auto [h, y] = forward_to_mlp(x, ctx);
   return {h, mlp->activation(y)};
 }
 
 torch::Tensor DecoderLayerImpl::forward_plain(const torch::Tensor& x, ForwardContext& ctx) {
-  auto [h, act] = forward_to_down_proj(x, ctx);
-  return h + mlp->down_proj->forward(act);
+  auto [h, y] = forward_to_mlp(x, ctx);
+  return h + mlp->forward(y);
 }
 
 namespace {
@@ -145,9 +161,9 @@ torch::Tensor forward_holding_activations(DecoderLayerImpl& layer, const torch::
                       [](const torch::Tensor& out) { return static_cast<int64_t>(out.nbytes()); });
 }
 
-// The recompute of a layer whose down projection is frozen stops before it: the backward needs only
-// dL/d(act) = dL/d(out) · W_down, never the projection's output, so its matmul (a sixth of the layer's
-// linear FLOPs at Qwen3-8B's shapes) would be thrown away. Returns {h, act}, out = h + down_proj(act).
+// The recompute of a layer whose down projection is frozen (its gate or up projection not) stops before
+// it: the backward needs only dL/d(act) = dL/d(out) · W_down, never the projection's output, so its
+// matmul (a sixth of the layer's linear FLOPs at Qwen3-8B's shapes) would be thrown away. Returns {h, act}, out = h + down_proj(act).
 // h is the second norm's input, which the layer holds either way; act is the down projection's input,
 // which a kept layer with a frozen projection does not hold.
 std::pair<torch::Tensor, torch::Tensor> recompute_to_down_proj(DecoderLayerImpl& layer, const torch::Tensor& x,
@@ -155,6 +171,24 @@ std::pair<torch::Tensor, torch::Tensor> recompute_to_down_proj(DecoderLayerImpl&
   using Result = std::pair<torch::Tensor, torch::Tensor>;
   return measure_held(x, ctx, [&] { return layer.forward_to_down_proj(x, ctx); },
                       [](const Result& r) { return static_cast<int64_t>(r.second.nbytes()); });
+}
+
+// The recompute of a layer whose MLP is frozen stops at the MLP's input y: the gate and up projections
+// run without grad, and the backward forms dL/dy from them directly (frozen_mlp_backward), writing the
+// gradients over g and u. Nothing of the down projection, the activation or its gradient is built whole.
+// y is not what a kept layer holds (its frozen_mlp keeps g and u only).
+struct MlpRecompute {
+  torch::Tensor h, y, g, u;
+};
+MlpRecompute recompute_to_mlp(DecoderLayerImpl& layer, const torch::Tensor& x, ForwardContext& ctx) {
+  return measure_held(
+      x, ctx,
+      [&] {
+        auto [h, y] = layer.forward_to_mlp(x, ctx);
+        auto [g, u] = frozen_mlp_gate_up(y, layer.mlp->frozen_weights());
+        return MlpRecompute{h, y, g, u};
+      },
+      [](const MlpRecompute& r) { return static_cast<int64_t>(r.y.nbytes()); });
 }
 
 bool down_proj_frozen(const DecoderLayerImpl& layer) {
@@ -213,12 +247,17 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     // Without an input gradient the recompute's backward reaches only the router: no q/k/v
     // gradients, no attention backward over either branch.
     x.requires_grad_(actx->needs_input_grad(0) && actx->saved_data["input_grad"].toBool());
-    const bool skip_down = down_proj_frozen(*layer);
+    const bool mlp_frozen = layer->mlp->frozen();
+    const bool skip_down = !mlp_frozen && down_proj_frozen(*layer);
     torch::Tensor out, act, s;
+    MlpRecompute mr;
     {
       torch::AutoGradMode on(true);
       ctx->recomputing = true;
-      if (skip_down) {
+      if (mlp_frozen) {
+        mr = recompute_to_mlp(*layer, x, *ctx);
+        out = mr.h;
+      } else if (skip_down) {
         std::tie(out, act) = recompute_to_down_proj(*layer, x, *ctx);  // out holds h here
       } else {
         out = forward_holding_activations(*layer, x, *ctx);
@@ -240,7 +279,12 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
         outs.push_back(act);
         gs.push_back(grads[0].matmul(layer->mlp->down_proj->weight));
       }
+      if (mlp_frozen && mr.y.requires_grad()) {
+        outs.push_back(mr.y);
+        gs.push_back(frozen_mlp_backward(grads[0], mr.g, mr.u, layer->mlp->frozen_weights()));
+      }
     }
+    mr.g = mr.u = torch::Tensor();  // spent (they hold the MLP's gradients now): free before the attention's backward
     if (s.defined() && s.requires_grad() && grads[1].defined() && grads[1].numel() > 0) {
       outs.push_back(s);
       gs.push_back(grads[1]);

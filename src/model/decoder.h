@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "model/forward_context.h"
+#include "model/frozen_mlp.h"
 #include "model/layers.h"
 #include "router/router.h"
 
@@ -32,9 +33,13 @@ TORCH_MODULE(SelfAttention);
 class MLPImpl : public torch::nn::Module {
  public:
   MLPImpl(const ModelConfig& cfg, const torch::TensorOptions& opts);
+  // With grad and no trainable MLP weight, model::frozen_mlp (model/frozen_mlp.h).
   torch::Tensor forward(const torch::Tensor& x);
   // swiglu(gate_proj(x), up_proj(x)): the down projection's input.
   torch::Tensor activation(const torch::Tensor& x);
+  // No weight or bias of the MLP trains: its backward needs only the gate and up projections.
+  bool frozen() const;
+  FrozenMlpWeights frozen_weights() const;
   Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(MLP);
@@ -46,6 +51,8 @@ class DecoderLayerImpl : public torch::nn::Module {
   // are not kept: the backward recomputes the layer with the same Gumbel noise.
   torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
   torch::Tensor forward_plain(const torch::Tensor& x, ForwardContext& ctx);
+  // Everything but the MLP: {h, y} with output = h + mlp(y).
+  std::pair<torch::Tensor, torch::Tensor> forward_to_mlp(const torch::Tensor& x, ForwardContext& ctx);
   // Everything but the down projection: {h, act} with output = h + mlp->down_proj(act).
   std::pair<torch::Tensor, torch::Tensor> forward_to_down_proj(const torch::Tensor& x, ForwardContext& ctx);
   SelfAttention self_attn{nullptr};

@@ -206,6 +206,31 @@ torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u) {
   return SwigluFn::apply(g, u);
 }
 
+void swiglu_backward_inplace(const torch::Tensor& dy, const torch::Tensor& g, const torch::Tensor& u) {
+  ELASTIC_CHECK(u.sizes() == g.sizes() && dy.sizes() == g.sizes(),
+                "swiglu backward: gate " << g.sizes() << ", up " << u.sizes() << " and output gradient " << dy.sizes()
+                                         << " must have one shape");
+  torch::NoGradGuard ng;
+  if (fused(g) && g.is_contiguous() && u.is_contiguous() && u.is_cuda() && u.scalar_type() == g.scalar_type() &&
+      dy.scalar_type() == g.scalar_type() && dy.device() == g.device()) {
+#ifdef ELASTIC_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(g.device());
+    auto dyc = dy.contiguous();
+    kernels::swiglu_backward_inplace(dyc.data_ptr(), g.data_ptr(), u.data_ptr(), g.numel(), is_bf16(g),
+                                     at::cuda::getCurrentCUDAStream());
+    // As any in-place op would: a saved copy of g or u read after this fails loudly, not silently.
+    g.unsafeGetTensorImpl()->bump_version();
+    u.unsafeGetTensorImpl()->bump_version();
+    return;
+#endif
+  }
+  // SwigluFn's composed backward, evaluated before either input is overwritten.
+  auto sg = torch::sigmoid(g);
+  auto du = dy * (g * sg);
+  g.copy_(dy * u * sg * (1 + g * (1 - sg)));
+  u.copy_(du);
+}
+
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps) {
   if (!fused_norm(x, w)) return rms_norm_aten(x, w, eps);
   return RmsNormFn::apply(x, w, eps);

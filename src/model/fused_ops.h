@@ -13,6 +13,11 @@ torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos, const torch
 // silu(g) * u, g and u of one shape.
 torch::Tensor swiglu(const torch::Tensor& g, const torch::Tensor& u);
 
+// The SwiGLU backward written over its inputs: g becomes dL/dg and u dL/du, given dy = dL/d(silu(g) * u).
+// One kernel on CUDA (bf16/fp32, contiguous), the composition of swiglu's backward elsewhere. Not
+// differentiable: for a backward that owns g and u and needs them for nothing else.
+void swiglu_backward_inplace(const torch::Tensor& dy, const torch::Tensor& g, const torch::Tensor& u);
+
 // RMSNorm over the last dimension with weight w [n]: fp32 statistics, the input dtype out. The
 // kernel (kernels/rmsnorm.cu, rounding once) only where w is frozen and of x's dtype and device:
 // its backward gives no weight gradient. Otherwise today's ops: at::rms_norm on CUDA (weight
