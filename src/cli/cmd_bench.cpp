@@ -215,7 +215,7 @@ int cmd_bench_train(int argc, char** argv) {
         auto h = m->forward_hidden(ids, ctx);
         last_decisions.clear();
         for (const auto& d : ctx.decisions) last_decisions.push_back(d.detach());
-        auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+        auto lm = train::lm_loss(m, h, ids, labels, pack, train::kLogitsChunk);
         auto om = train::model_sparsity(ctx.decisions);
         auto loss = lm.sum / std::max<int64_t>(lm.tokens, 1) + (om - 0.7).abs().mean();
         loss.backward();
@@ -277,7 +277,7 @@ int cmd_bench_train(int argc, char** argv) {
           return last_decisions.at(static_cast<size_t>(l)).detach().requires_grad_();
         };
         auto h = m->forward_hidden(ids, ctx);
-        auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+        auto lm = train::lm_loss(m, h, ids, labels, pack, train::kLogitsChunk);
         (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
       };
       if (a.flag("profile")) {
@@ -331,7 +331,7 @@ int cmd_bench_train(int argc, char** argv) {
         }, 3);
         auto h = torch::randn({T, mc.hidden_size}, o).requires_grad_();
         auto loss_ms = timer.median_ms([&] {
-          auto lm = train::lm_loss(m, h, ids, labels, pack, 4096);
+          auto lm = train::lm_loss(m, h, ids, labels, pack, train::kLogitsChunk);
           (lm.sum / std::max<int64_t>(lm.tokens, 1)).backward();
         }, 3);
         const double L = static_cast<double>(mc.num_layers);

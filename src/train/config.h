@@ -16,6 +16,10 @@ struct TaskSpec {
   double target = 1.0;
 };
 
+// Labelled rows per logits chunk of the LM loss: about 0.9 GB of transient logits at Qwen3's
+// vocabulary (train/linear_cross_entropy.h), in [1024, D] x [D, V] matmuls that still run at full rate.
+inline constexpr int64_t kLogitsChunk = 1024;
+
 struct TrainConfig {
   // model
   std::string model_path;
@@ -58,7 +62,7 @@ struct TrainConfig {
   double train_random_streaming = 0.5;       // random: fraction of (sample, layer, kv head) pairs on SSA
   std::vector<std::string> train_trainable;  // regexes of backbone parameters to unfreeze
   double train_backbone_lr = 1e-3;           // lr of unfrozen backbone parameters
-  int64_t train_logits_chunk = 4096;         // labelled rows per logits chunk
+  int64_t train_logits_chunk = kLogitsChunk;  // labelled rows per logits chunk
   bool train_checkpoint = true;              // recompute decoder layers in the backward
   bool train_offload_checkpoints = false;    // keep checkpointed layer inputs in pinned host memory
   std::string train_keep_layers = "0";       // with checkpointing: the last N layers keep activations (no

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "train/linear_cross_entropy.h"
 #include "util/error.h"
 
 namespace elastic::train {
@@ -16,6 +17,11 @@ LmLoss lm_loss(model::CausalLM& model, const torch::Tensor& hidden, const torch:
   out.sum = torch::zeros({}, hidden.options().dtype(torch::kFloat32));
   if (out.tokens == 0) return out;
   auto ids_dev = ids.to(hidden.device());
+  const auto& w = model->lm_head_weight();
+  if (torch::GradMode::is_enabled() && hidden.requires_grad() && !w.requires_grad()) {
+    out.sum = linear_cross_entropy_sum(hidden, tgt - 1, ids_dev.index_select(0, tgt), w, chunk);
+    return out;
+  }
   for (int64_t a = 0; a < out.tokens; a += chunk) {
     auto t = tgt.narrow(0, a, std::min(chunk, out.tokens - a));
     auto logits = model->logits(hidden.index_select(0, t - 1)).to(torch::kFloat32);

@@ -14,7 +14,8 @@ namespace elastic::train {
 
 // Sum of token cross-entropies over labelled positions and their count. Label t means
 // token t is predicted from the hidden state at t - 1 of the same sample; logits are
-// computed only for those rows, `chunk` rows at a time.
+// computed only for those rows, `chunk` rows at a time. With a frozen output projection and grad,
+// nothing of the logits outlives its chunk (train/linear_cross_entropy.h).
 struct LmLoss {
   torch::Tensor sum;  // fp32 scalar, differentiable
   int64_t tokens = 0;
