@@ -21,6 +21,17 @@ double peak_memory_gb(torch::Device device) {
   return static_cast<double>(ru.ru_maxrss) * 1024.0 / 1e9;
 }
 
+double peak_reserved_gb(torch::Device device) {
+#ifdef ELASTIC_WITH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<double>(stats.reserved_bytes[0].peak) / 1e9;
+  }
+#endif
+  (void)device;
+  return 0;
+}
+
 void reset_peak_memory(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());

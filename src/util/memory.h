@@ -8,6 +8,9 @@ namespace elastic {
 
 double peak_memory_gb(torch::Device device);
 void reset_peak_memory(torch::Device device);
+// The GPU allocator's peak of reserved memory (allocated plus cached and fragmented blocks) since the
+// last reset, in GB: what the device had to hold. 0 on the CPU.
+double peak_reserved_gb(torch::Device device);
 // Bytes the GPU allocator holds for tensors now (0 on the CPU, where nothing is measured).
 int64_t allocated_bytes(torch::Device device);
 // The GPU's memory in bytes (0 on the CPU).
