@@ -265,7 +265,8 @@ int cmd_bench_train(int argc, char** argv) {
                   {"peak_reserved_gb", peak_reserved_gb(device)},  // fragmentation: what kKeepLayersMemoryShare leaves room for
                   {"omega_msr", omega}});
       LOG_INFO("T=" << T << ": step " << step_ms << " ms, " << T / (step_ms / 1e3) << " tok/s, MFU "
-                    << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB (reserved " << run["peak_reserved_gb"].get<double>() << "), Ω " << omega
+                    << run["mfu_dense_equivalent"].get<double>() << ", peak " << peak_gb << " GB (reserved " << run["peak_reserved_gb"].get<double>()
+                    << "), Ω " << omega
                     << ", new cuDNN plan keys per timed step " << run["cudnn_new_shapes_each"].dump()
                     << ", step ms each " << run["step_ms_each"].dump());
       // The step with the last step's decisions replayed and no router (the router share, below). The

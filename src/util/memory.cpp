@@ -9,12 +9,24 @@
 
 namespace elastic {
 
+#ifdef ELASTIC_WITH_CUDA
+namespace {
+// The CUDA device a torch::Device names; "cuda" without an index is device 0.
+c10::DeviceIndex cuda_index(torch::Device device) { return device.index() < 0 ? 0 : device.index(); }
+c10::CachingDeviceAllocator::DeviceStats allocator_stats(torch::Device device) {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device));
+}
+cudaDeviceProp device_properties(torch::Device device) {
+  cudaDeviceProp prop{};
+  ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, cuda_index(device)));
+  return prop;
+}
+}  // namespace
+#endif
+
 double peak_memory_gb(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    return static_cast<double>(stats.allocated_bytes[0].peak) / 1e9;
-  }
+  if (device.is_cuda()) return static_cast<double>(allocator_stats(device).allocated_bytes[0].peak) / 1e9;
 #endif
   struct rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -23,10 +35,7 @@ double peak_memory_gb(torch::Device device) {
 
 double peak_reserved_gb(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    return static_cast<double>(stats.reserved_bytes[0].peak) / 1e9;
-  }
+  if (device.is_cuda()) return static_cast<double>(allocator_stats(device).reserved_bytes[0].peak) / 1e9;
 #endif
   (void)device;
   return 0;
@@ -34,30 +43,17 @@ double peak_reserved_gb(torch::Device device) {
 
 void reset_peak_memory(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
 #endif
 }
 
 int64_t allocated_bytes(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
-  if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
-    return stats.allocated_bytes[0].current;
-  }
+  if (device.is_cuda()) return allocator_stats(device).allocated_bytes[0].current;
 #endif
   (void)device;
   return 0;
 }
-
-#ifdef ELASTIC_WITH_CUDA
-namespace {
-cudaDeviceProp device_properties(torch::Device device) {
-  cudaDeviceProp prop{};
-  ELASTIC_CUDA_CHECK(cudaGetDeviceProperties(&prop, device.index() < 0 ? 0 : device.index()));
-  return prop;
-}
-}  // namespace
-#endif
 
 int64_t device_memory_bytes(torch::Device device) {
 #ifdef ELASTIC_WITH_CUDA
