@@ -197,6 +197,63 @@ TEST(Hybrid, RoutingAwareBackwardEqualsAutogradThroughBothBranches) {
   set_head_split_min_len(saved_split);
 }
 
+// A checkpointed layer's kept attention (hybrid_attention's `kept`): the forward without grad fills it
+// with each head's selected branch, output and log-sum-exp; the forward with grad given it returns
+// that output, and its backward gives the gradients of the ordinary hybrid. Mixed, all-full and
+// all-streaming routing, with the selected heads in one call and one KV head a call; soft weights keep
+// nothing.
+TEST(Hybrid, KeptSelectedBranchesGiveTheSameOutputAndGradients) {
+  torch::manual_seed(6);
+  auto pack = Packing::from_lengths({90, 33, 140}, torch::kCPU);
+  const int64_t T = pack.tokens(), Hq = 6, Hkv = 3, G = Hq / Hkv, d = 8;
+  const MaskSpec ssa = MaskSpec::streaming(4, 16);
+  const double scale = 0.3;
+  auto q = torch::randn({T, Hq, d}, torch::kFloat64).requires_grad_();
+  auto k = torch::randn({T, Hkv, d}, torch::kFloat64).requires_grad_();
+  auto v = torch::randn({T, Hkv, d}, torch::kFloat64).requires_grad_();
+  auto w = torch::randn({T, Hq, d}, torch::kFloat64);
+  const auto lse_fa = attention_forward(q, k, v, pack, MaskSpec::causal(), scale).lse;
+  const auto lse_sa = attention_forward(q, k, v, pack, ssa, scale).lse;
+  const int64_t saved_split = head_split_min_len();
+  for (int64_t split : {saved_split, int64_t{0}}) {
+    set_head_split_min_len(split);
+    for (const auto& s0 : {torch::tensor({{1., 0., 1.}, {0., 0., 0.}, {1., 1., 0.}}, torch::kFloat64),
+                           torch::ones({3, 3}, torch::kFloat64), torch::zeros({3, 3}, torch::kFloat64)}) {
+      SCOPED_TRACE("head_split_min_len " + std::to_string(split) + ", s " + ::testing::PrintToString(s0.sum().item<double>()));
+      auto grads = [&](bool keep) {
+        for (auto* t : {&q, &k, &v}) t->mutable_grad() = torch::Tensor();
+        auto s = s0.clone().requires_grad_();
+        AttnForward kept;
+        if (keep) {
+          torch::NoGradGuard ng;
+          hybrid_attention(q, k, v, s, pack, ssa, scale, {}, &kept);
+        }
+        auto out = hybrid_attention(q, k, v, s, pack, ssa, scale, {}, keep ? &kept : nullptr);
+        (out * w).sum().backward();
+        return std::make_tuple(std::vector<torch::Tensor>{out.detach(), q.grad(), k.grad(), v.grad(), s.grad()}, kept);
+      };
+      auto [ref, none] = grads(false);
+      auto [ours, kept] = grads(true);
+      EXPECT_FALSE(none.out.defined());
+      ASSERT_TRUE(kept.out.defined() && kept.lse.defined());
+      const char* names[] = {"out", "dq", "dk", "dv", "ds"};
+      for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 1e-10) << names[i];
+      EXPECT_TRUE(torch::equal(kept.out, ours[0]));
+      // Each head's log-sum-exp is its selected branch's.
+      auto full = s0.index_select(0, pack.sample_id).repeat_interleave(G, 1).t().to(torch::kBool);  // [Hq, T]
+      EXPECT_LT(rel_err(kept.lse, torch::where(full, lse_fa, lse_sa)), 1e-12);
+    }
+  }
+  set_head_split_min_len(saved_split);
+  // Soft weights: the forward runs both branches and keeps nothing.
+  AttnForward kept;
+  {
+    torch::NoGradGuard ng;
+    hybrid_attention(q, k, v, torch::full({3, 3}, 0.5, torch::kFloat64), pack, ssa, scale, {}, &kept);
+  }
+  EXPECT_FALSE(kept.out.defined());
+}
+
 TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {
   torch::manual_seed(4);
   auto pack = Packing::from_lengths({40, 25}, torch::kCPU);

@@ -93,13 +93,20 @@ TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
   // views then, copies of the selected heads otherwise).
   auto s = torch::tensor({{1., 0., 0., 1.}, {1., 1., 1., 1.}, {1., 1., 0., 1.}}, torch::kCUDA);
   const MaskSpec ssa = MaskSpec::streaming(16, 128);
-  auto run = [&](bool exact) {
+  // keep: a checkpointed layer's path, the selected branches kept from a forward without grad.
+  auto run = [&](bool exact, bool keep = false) {
     auto q = (exact ? f64(in.q) : in.q.detach().clone()).requires_grad_();
     auto k = (exact ? f64(in.k) : in.k.detach().clone()).requires_grad_();
     auto v = (exact ? f64(in.v) : in.v.detach().clone()).requires_grad_();
     auto sw = (exact ? s.to(torch::kFloat64) : s.clone()).requires_grad_();
+    AttnForward kept;
+    if (keep) {
+      torch::NoGradGuard ng;
+      hybrid_attention(q, k, v, sw, pack, ssa, 0.088, {}, &kept);
+      EXPECT_TRUE(kept.out.defined());
+    }
     auto out = exact ? hybrid_attention_autograd_both(q, k, v, sw, pack, ssa, 0.088)
-                     : hybrid_attention(q, k, v, sw, pack, ssa, 0.088);
+                     : hybrid_attention(q, k, v, sw, pack, ssa, 0.088, {}, keep ? &kept : nullptr);
     torch::manual_seed(7);
     auto w = torch::randn(out.sizes(), torch::TensorOptions().device(torch::kCUDA));
     (out.to(torch::kFloat64) * w.to(torch::kFloat64)).sum().backward();
@@ -115,9 +122,12 @@ TEST_P(AttentionGpu, HybridRoutingAwareBackwardMatchesExact) {
     SCOPED_TRACE("gather_min_len " + std::to_string(gather) + ", head_split_min_len " + std::to_string(split));
     set_gather_min_len(gather);
     set_head_split_min_len(split);
-    auto ours = run(false);
-    const char* names[] = {"out", "dq", "dk", "dv", "ds"};
-    for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 2e-2) << names[i];
+    for (bool keep : {false, true}) {
+      if (keep && gather != 0) continue;  // the kept path needs the selected pairs
+      auto ours = run(false, keep);
+      const char* names[] = {"out", "dq", "dk", "dv", "ds"};
+      for (int i = 0; i < 5; ++i) EXPECT_LT(rel_err(ours[i], ref[i]), 2e-2) << names[i] << (keep ? ", kept" : "");
+    }
   }
   set_gather_min_len(saved);
   set_head_split_min_len(saved_split);

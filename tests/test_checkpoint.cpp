@@ -2,6 +2,7 @@
 // parameters get the same gradients with and without it (fp64, same Gumbel noise).
 #include <gtest/gtest.h>
 
+#include "cpu_memory.h"
 #include "model/weights.h"
 #include "router/gumbel.h"
 #include "test_util.h"
@@ -73,8 +74,10 @@ double train_pass(model::CausalLM& m, const torch::Tensor& ids, const torch::Ten
 }
 
 // keep_layers: the checkpointed run keeps the last N layers' activations instead of recomputing them.
+// keep_attention: as many checkpointed layers keep their attention's output for the recompute.
 void same_gradients_with_and_without_recompute(torch::Device device, bool offload, int64_t keep_layers = 0,
-                                               const std::string& trainable = "mlp.up_proj") {
+                                               const std::string& trainable = "mlp.up_proj",
+                                               int64_t keep_attention = 0) {
   auto m = make_model(device, trainable);
   auto pack = attention::Packing::from_lengths({40, 25}, device);
   auto ids = torch::randint(64, {65});
@@ -84,6 +87,7 @@ void same_gradients_with_and_without_recompute(torch::Device device, bool offloa
     auto gen = router::routing_generator(3, 0, 0);
     auto ctx = training_context(pack, gen, checkpoint, checkpoint ? keep_layers : 0);
     ctx.offload_checkpoints = offload;
+    ctx.keep_attention = checkpoint ? keep_attention : 0;
     const double loss = train_pass(m, ids, labels, ctx);
     return Run{loss, trainable_grads(m)};
   };
@@ -158,6 +162,38 @@ TEST(Checkpoint, SameGradientsWithLastLayersKept) {
   same_gradients_with_and_without_recompute(torch::kCPU, false, 1);
   same_gradients_with_and_without_recompute(torch::kCPU, false, 3);
   same_gradients_with_and_without_recompute(torch::kCPU, false, 1, "none");
+}
+
+// ForwardContext::keep_attention: the recompute takes the forward's selected branches and runs the
+// others only for the router gradient. Gradients stay those of the pass without recompute: every
+// layer keeping, one next to a kept layer, routers only, and a trainable MLP.
+TEST(Checkpoint, SameGradientsWithAttentionOutputsKept) {
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "mlp.up_proj", 3);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 1, "mlp.up_proj", 1);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 0, "none", 2);
+  same_gradients_with_and_without_recompute(torch::kCPU, false, 1, "mlp.", 2);
+}
+
+// What keeping costs, and that it happens: after the forward, each layer that keeps holds its
+// attention's output [T, Hq, d] and log-sum-exp [Hq, T] (fp64 here) on top of what the step holds.
+TEST(Checkpoint, KeptAttentionHoldsItsOutputAndLogSumExp) {
+  auto m = make_model(torch::kCPU, "none");
+  auto pack = attention::Packing::from_lengths({40, 25}, torch::kCPU);
+  auto ids = torch::randint(64, {65});
+  auto held_after_forward = [&](int64_t keep_attention) {
+    elastic::testing::CpuMemoryCounter mem;
+    auto gen = router::routing_generator(3, 0, 0);
+    auto ctx = training_context(pack, gen, true);
+    ctx.keep_attention = keep_attention;
+    auto h = m->forward_hidden(ids, ctx);
+    return mem.now();
+  };
+  const int64_t per_layer = 65 * 4 * 8 * 8 + 4 * 65 * 8;
+  const int64_t none = held_after_forward(0);
+  EXPECT_EQ(held_after_forward(2) - none, 2 * per_layer);
+  EXPECT_EQ(held_after_forward(3) - none, 3 * per_layer);
+  // The model has 3 layers.
+  EXPECT_THROW(held_after_forward(4), std::exception);
 }
 
 // The kept layers' routing weights come straight from their routers; the others from the

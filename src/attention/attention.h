@@ -47,7 +47,7 @@ AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor&
 // Attention over some of each sample's KV heads (with their query groups), for the hybrid attention's
 // branches, one call per sample on that sample's selected heads, so a branch costs its share of the
 // heads. heads[b]: sample b's KV heads, int64 on q's device (undefined or empty: none). The forward
-// writes `out` [T, Hq, d] at those heads; the backward writes (or, with accumulate, adds) dq/dk/dv at
+// writes `out` [T, Hq, d] (and, when given, `lse` [Hq, T] fp32) at those heads; the backward writes (or, with accumulate, adds) dq/dk/dv at
 // those heads. Other heads are left untouched. Works for any mask and device; per_sample_heads says
 // where it is the fast path: full attention where it runs sample by sample anyway (cuDNN, or the
 // blocked path), streaming attention where cuDNN runs its band (set_streaming_backend) in that
@@ -55,7 +55,7 @@ AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor&
 bool per_sample_heads(const torch::Tensor& q, const Packing& pack, MaskSpec mask, bool backward);
 void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const Packing& pack, const std::vector<torch::Tensor>& heads, MaskSpec mask,
-                             double scale, const torch::Tensor& out);
+                             double scale, const torch::Tensor& out, const torch::Tensor& lse = {});
 void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const AttnForward& fwd, const Packing& pack,
                               const std::vector<torch::Tensor>& heads, MaskSpec mask, double scale,

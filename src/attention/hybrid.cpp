@@ -42,6 +42,9 @@ int64_t count_selected(const torch::Tensor& w_host) {
   return w_host.ne(0).sum().item<int64_t>();
 }
 
+// Whether every routing weight of w_host (on the host) is exactly 0 or 1.
+bool is_hard(const torch::Tensor& w_host) { return w_host.eq(0).logical_or(w_host.eq(1)).all().item<bool>(); }
+
 // w_host: the branch weights [B, Hkv] on the host (callers copy the routing weights once a layer),
 // with some but not all pairs selected (count_selected).
 PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, torch::Device dev) {
@@ -136,27 +139,32 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
   sel.scatter(dv, g.dv.squeeze(1), !hard);
 }
 
-// Inference with hard decisions: each (sample, head) runs only its selected branch, all heads
-// of a branch in one varlen call. s_host: the decisions on the host.
-torch::Tensor selective_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                const torch::Tensor& s_host, const Packing& pack, MaskSpec ssa, double scale) {
+// Hard decisions: each (sample, head) pair runs only one branch, full attention where w_fa (on the host,
+// 0 or 1) is 1 and streaming attention where it is 0, all pairs of a branch in one call. Writes each head's
+// log-sum-exp too when want_lse.
+AttnForward routed_forward(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const torch::Tensor& w_fa, const Packing& pack, MaskSpec ssa, double scale, bool want_lse) {
   const int64_t T = q.size(0), Hq = q.size(1), Hkv = k.size(1), G = Hq / Hkv, d = q.size(2);
-  auto out = torch::empty(q.sizes(), q.options());  // contiguous, as scatter_pairs needs
-  for (auto [w, mask] : {std::pair{s_host, MaskSpec::causal()}, std::pair{1 - s_host, ssa}}) {
+  AttnForward f{torch::empty(q.sizes(), q.options()), torch::Tensor()};  // contiguous, as scatter_pairs needs
+  if (want_lse) {
+    f.lse = torch::empty({Hq, T}, q.options().dtype(q.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat));
+  }
+  for (auto [w, mask] : {std::pair{w_fa, MaskSpec::causal()}, std::pair{1 - w_fa, ssa}}) {
     const int64_t selected = count_selected(w);
     if (selected == 0) continue;
-    if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale).out;
+    if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale);
     if (per_sample_heads(q, pack, mask, /*backward=*/false)) {
-      attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), mask, scale, out);
+      attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), mask, scale, f.out, f.lse);
       continue;
     }
     auto sel = select_pairs(w, pack, q.device());
-    auto o = attention_forward(sel.gather(q.view({T, Hkv, G, d})), sel.gather(k).unsqueeze(1),
-                               sel.gather(v).unsqueeze(1), sel.pack, mask, scale)
-                 .out;
-    sel.scatter(out.view({T, Hkv, G, d}), o, /*accumulate=*/false);
+    auto g = attention_forward(sel.gather(q.view({T, Hkv, G, d})), sel.gather(k).unsqueeze(1),
+                               sel.gather(v).unsqueeze(1), sel.pack, mask, scale);
+    sel.scatter(f.out.view({T, Hkv, G, d}), g.out, /*accumulate=*/false);
+    // g.lse [G, N]; the backward reads it back the same way (branch_backward).
+    if (want_lse) f.lse.view({Hkv, G, T}).permute({2, 0, 1}).index_put_(sel.index(), g.lse.t());
   }
-  return out;
+  return f;
 }
 
 class HybridFn : public torch::autograd::Function<HybridFn> {
@@ -201,7 +209,7 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       const auto s_host = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())
                               ->wait()
                               .to(torch::kFloat64);
-      const bool hard = s_host.eq(0).logical_or(s_host.eq(1)).all().item<bool>();
+      const bool hard = is_hard(s_host);
       const bool fa_used = s_host.ne(0).any().item<bool>(), sa_used = s_host.ne(1).any().item<bool>();
       // Both branches' weighted dO in one pass where any is needed.
       torch::Tensor dout_fa = dout, dout_sa = dout;
@@ -213,6 +221,58 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
   }
 };
 
+// The routing-aware hybrid of a recomputed layer whose forward without grad kept what it ran (hard
+// routing): `kept` holds each head's selected branch, output and log-sum-exp. With hard weights that is
+// the hybrid's output, so the forward runs no attention. The backward runs the unselected branch of each
+// pair (a forward, for the router gradient: FA - SSA = (2s - 1)(selected - other)), then the selected
+// branches' backward from the kept log-sum-exp, as HybridFn does.
+class HybridKeptFn : public torch::autograd::Function<HybridKeptFn> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
+                                                torch::Tensor k, torch::Tensor v, torch::Tensor s,
+                                                torch::Tensor kept_out, torch::Tensor kept_lse, const Packing* pack,
+                                                int64_t sink, int64_t window, double scale,
+                                                c10::intrusive_ptr<util::HostCopy> s_host) {
+    ctx->save_for_backward({q, k, v, s, kept_out, kept_lse});
+    ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
+    ctx->saved_data["cu"] = pack->cu;
+    ctx->saved_data["sink"] = sink;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+    return {kept_out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto sv = ctx->get_saved_variables();
+    auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
+    const AttnForward kept{sv[4], sv[5]};
+    auto pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), q.device());
+    MaskSpec ssa{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
+    const double scale = ctx->saved_data["scale"].toDouble();
+    auto dout = grads[0].contiguous();
+    const auto w = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())
+                       ->wait()
+                       .to(torch::kFloat64);
+    torch::Tensor ds, dq, dk, dv;
+    if (ctx->needs_input_grad(3)) {
+      auto other = routed_forward(q, k, v, 1 - w, pack, ssa, scale, /*want_lse=*/false).out;
+      ds = hybrid_ds(kept.out, other, dout, s, pack).mul_(s.detach() * 2 - 1);
+    }
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
+      dq = torch::zeros_like(q);
+      dk = torch::zeros_like(k);
+      dv = torch::zeros_like(v);
+      // Each pair's kept output and log-sum-exp are its selected branch's, the only ones the branch reads.
+      if (w.ne(0).any().item<bool>())
+        branch_backward(dout, q, k, v, kept, w, pack, MaskSpec::causal(), scale, /*hard=*/true, dq, dk, dv);
+      if (w.ne(1).any().item<bool>()) branch_backward(dout, q, k, v, kept, 1 - w, pack, ssa, scale, true, dq, dk, dv);
+    }
+    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
+  }
+};
+
 }  // namespace
 
 void set_gather_min_len(int64_t tokens) { g_gather_min_len = tokens; }
@@ -220,7 +280,7 @@ int64_t gather_min_len() { return g_gather_min_len; }
 
 torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale,
-                               c10::intrusive_ptr<util::HostCopy> s_host) {
+                               c10::intrusive_ptr<util::HostCopy> s_host, AttnForward* kept) {
   ELASTIC_CHECK(s.dim() == 2 && s.size(0) == pack.num_samples() && s.size(1) == k.size(1),
                 "hybrid_attention: routing weights must be [samples=" << pack.num_samples()
                                                                       << ", kv_heads=" << k.size(1) << "], got "
@@ -239,7 +299,16 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
   if (!needs_grad) {
     // One host copy serves the hardness check and both branches' pair lists.
     const auto w = s_host->wait().to(torch::kFloat64);
-    if (w.eq(0).logical_or(w.eq(1)).all().item<bool>()) return selective_forward(q, k, v, w, pack, ssa, scale);
+    if (is_hard(w)) {
+      auto f = routed_forward(q, k, v, w, pack, ssa, scale, /*want_lse=*/kept != nullptr);
+      if (kept) *kept = f;
+      return f.out;
+    }
+  }
+  if (kept && kept->out.defined()) {
+    ELASTIC_CHECK(!every_head(pack), "hybrid_attention: a kept output needs the selected-pairs backward");
+    return HybridKeptFn::apply(q, k, v, s, kept->out, kept->lse, &pack, ssa.sink, ssa.window, scale,
+                               std::move(s_host))[0];
   }
   return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
 }

@@ -7,7 +7,7 @@
 // (sample, head) pairs whose branch weight is non-zero (or, below set_gather_min_len, masks dO
 // over every head). With hard routing every pair is in exactly one branch, so this is exact
 // and costs one attention backward, not two. Without grad, hard routing runs only the
-// selected branch of each pair.
+// selected branch of each pair; a checkpointed layer can keep that for its recompute (`kept` below).
 #pragma once
 #include <torch/torch.h>
 
@@ -19,9 +19,15 @@ namespace elastic::attention {
 // q [T,Hq,d], k/v [T,Hkv,d], s [B,Hkv] (any float dtype; usually exactly 0/1 in value).
 // s_host: a copy of s to the host that the caller started early (the model starts it before the
 // query and value projections, so waiting for it leaves those queued); made here when absent.
+// kept: a checkpointed layer's store for its attention (ForwardContext::keep_attention). A forward
+// without grad that routes hard fills it with what it ran: each head's selected branch, output [T, Hq, d]
+// and log-sum-exp [Hq, T]. A forward with grad given a filled store runs no attention: that output is the
+// hybrid's, and the backward runs each pair's other branch forward for the router gradient, then the
+// selected branches' backward. Everything else (soft weights, short packs below set_gather_min_len)
+// leaves the store empty and runs as without it.
 torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale,
-                               c10::intrusive_ptr<util::HostCopy> s_host = {});
+                               c10::intrusive_ptr<util::HostCopy> s_host = {}, AttnForward* kept = nullptr);
 
 // The backward gathers the selected (sample, head) pairs, and a forward without grad runs only the
 // selected branch of each pair, for packs whose longest sample has at least this many tokens

@@ -85,10 +85,17 @@ int64_t head_split_min_len() { return g_head_split_min_len; }
 
 void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                              const Packing& pack, const std::vector<torch::Tensor>& heads, MaskSpec mask,
-                             double scale, const torch::Tensor& out) {
+                             double scale, const torch::Tensor& out, const torch::Tensor& lse) {
   check_attention_inputs(q, k, v, pack);
   check_heads(pack, heads);
-  const int64_t Hkv = k.size(1);
+  const int64_t Hkv = k.size(1), G = q.size(1) / Hkv, T = q.size(0);
+  // Writes a sample's log-sum-exp l [m * G, n] (selection order) at its heads.
+  auto put_lse = [&](const torch::Tensor& l, int64_t s0, int64_t n, const torch::Tensor& idx) {
+    if (!lse.defined()) return;
+    auto rows = lse.view({Hkv, G, T}).narrow(2, s0, n);
+    auto vals = l.reshape({idx.numel(), G, n});
+    idx.numel() == Hkv ? rows.copy_(vals) : rows.index_copy_(0, idx, vals);
+  };
   const bool cudnn = heads_on_cudnn(q, mask);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
@@ -103,9 +110,14 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
       const int64_t rows = cudnn ? cudnn_sample_length(n) : n;
       auto major = [&](const torch::Tensor& t) { return head_major_rows(t, s0, n, idx, Hkv, rows); };
       auto qh = major(qc), kh = major(kc), vh = major(vc);
-      std::vector<torch::Tensor> outs;
-      for (int64_t j = 0; j < idx.numel(); ++j) outs.push_back(run(qh[j], kh[j], vh[j]).out);
+      std::vector<torch::Tensor> outs, lses;
+      for (int64_t j = 0; j < idx.numel(); ++j) {
+        auto f = run(qh[j], kh[j], vh[j]);
+        outs.push_back(f.out);
+        lses.push_back(f.lse);
+      }
       put_sample_heads(out, by_heads(outs), s0, n, idx, Hkv, /*accumulate=*/false);
+      put_lse(torch::cat(lses, 0), s0, n, idx);
       continue;
     }
     auto sel = [&](const torch::Tensor& t) {
@@ -114,6 +126,7 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
     };
     auto f = run(sel(qc), sel(kc), sel(vc));
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
+    put_lse(f.lse, s0, n, idx);
   }
 }
 

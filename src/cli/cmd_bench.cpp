@@ -89,7 +89,10 @@ int cmd_bench_train(int argc, char** argv) {
                  "  step_ms_each shows them fade as the padded lengths repeat, cudnn_new_shapes_each the plans\n"
                  "  each step built, samples_each the lengths.\n"
                  "--keep-layers N|auto: the last N layers keep their activations, no recompute (train.keep_layers;\n"
-                 "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step).\n"
+                 "  auto: as many as fit in 90% of the GPU, measured per pack size on an ordinary step, after every\n"
+                 "  layer keeps its attention output where that fits).\n"
+                 "--keep-attention N: the N checkpointed layers before the kept ones keep their attention's output, so\n"
+                 "  their recompute runs no attention forward (default: 0, or auto's plan with --keep-layers auto).\n"
                  "A pack size that runs out of GPU memory is recorded as {\"oom\": true}; the sweep goes on.\n";
     return 0;
   }
@@ -141,6 +144,10 @@ int cmd_bench_train(int argc, char** argv) {
   ELASTIC_CHECK(keep_layers >= 0 && keep_layers <= mc.num_layers,
                 "bench-train: --keep-layers must be auto or in [0, " << mc.num_layers << "], got " << keep_layers);
   result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
+  const bool keep_attention_given = a.has("keep-attention");
+  int64_t keep_attention = a.get_int("keep-attention", 0);
+  ELASTIC_CHECK(keep_attention >= 0 && keep_attention <= mc.num_layers,
+                "bench-train: --keep-attention must be in [0, " << mc.num_layers << "], got " << keep_attention);
   bool measure_layers = false;  // the --keep-layers auto step measures a layer's activations
   result["fa_backend"] = attention::full_attention_backend();
   if (a.has("head-split-min-len")) result["head_split_min_len"] = attention::head_split_min_len();
@@ -189,6 +196,7 @@ int cmd_bench_train(int argc, char** argv) {
         ctx.checkpoint = !a.flag("no-checkpoint");
         ctx.offload_checkpoints = a.flag("offload");
         ctx.keep_layers = keep_layers;
+        ctx.keep_attention = keep_attention;
         ctx.measure_layer_activations = measure_layers;
         return ctx;
       };
@@ -228,17 +236,27 @@ int cmd_bench_train(int argc, char** argv) {
       if (keep_auto) {
         // As the trainer does: one step, every layer recomputed, measures what a step needs.
         keep_layers = 0;
+        const int64_t asked_attention = keep_attention;
+        keep_attention = 0;
         const train::StepMemoryProbe probe(device);
         measure_layers = true;
         train_step();
         measure_layers = false;
-        const auto sm = probe.finish(layer_bytes, T, a.flag("offload"));
-        keep_layers = sm.layers_that_fit(T, train::keep_layers_budget_bytes(device), mc.num_layers);
+        const auto sm = probe.finish(layer_bytes, T, a.flag("offload"),
+                                     train::attention_kept_bytes(T, mc.num_heads, mc.head_dim, dtype));
+        const auto plan = sm.plan(T, train::keep_layers_budget_bytes(device), mc.num_layers);
+        keep_layers = plan.layers;
+        keep_attention = keep_attention_given ? asked_attention : plan.attention;
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;
-        LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers (a layer's activations "
-                      << sm.layer_bytes / 1e9 << " GB; peak with none kept " << sm.peak_bytes / 1e9 << " GB)");
+        run["peak_none_kept_gb"] = sm.peak_bytes / 1e9;
+        run["planned_keep_attention"] = plan.attention;
+        LOG_INFO("T=" << T << ": --keep-layers auto keeps " << keep_layers << " layers and " << plan.attention
+                      << " layers' attention output (a layer's activations " << sm.layer_bytes / 1e9
+                      << " GB, its attention output " << sm.attention_bytes / 1e9 << " GB; peak with none kept "
+                      << sm.peak_bytes / 1e9 << " GB)");
       }
       run["keep_layers"] = keep_layers;
+      run["keep_attention"] = keep_attention;
       reset_peak_memory(device);
       const auto step_times = timer.times_ms(train_step, steps);
       const double step_ms = Timer::median(step_times);

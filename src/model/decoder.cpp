@@ -87,7 +87,8 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext&
   q = apply_rope(q, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
   if (ctx.capture_qk) ctx.capture_qk->emplace_back(q.detach(), k.detach());
-  auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_, std::move(s_host))
+  auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_, std::move(s_host),
+                                                      ctx.attention_kept)
                          : attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
   return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));
 }
@@ -196,8 +197,21 @@ bool down_proj_frozen(const DecoderLayerImpl& layer) {
   return !d->weight.requires_grad() && !(d->bias.defined() && d->bias.requires_grad());
 }
 
+// Points ctx.attention_kept at a store while a layer runs.
+class AttentionStore {
+ public:
+  AttentionStore(ForwardContext& ctx, attention::AttnForward* store) : ctx_(ctx) { ctx_.attention_kept = store; }
+  ~AttentionStore() { ctx_.attention_kept = nullptr; }
+  AttentionStore(const AttentionStore&) = delete;
+  AttentionStore& operator=(const AttentionStore&) = delete;
+
+ private:
+  ForwardContext& ctx_;
+};
+
 // Activation checkpointing of one decoder layer: the forward keeps only the layer input (on the
-// GPU or in pinned host memory) and the Gumbel noise its router drew; the backward recomputes
+// GPU or in pinned host memory), the Gumbel noise its router drew and, with keep_attention, its
+// attention's output (ForwardContext::keep_attention); the backward recomputes
 // the layer, router included, with grad enabled and backpropagates through it (parameter
 // gradients accumulate as usual). Outputs: the layer output and the routing weights s, so the
 // sparsity objective's gradient reaches the router through the recompute.
@@ -206,21 +220,31 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
   // input_grad: whether the caller needs dL/dx. The first layer's input (frozen embeddings) does
   // not; it is handed in requiring grad only so that this backward runs for the layer's router.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* actx, torch::Tensor x,
-                                                DecoderLayerImpl* layer, ForwardContext* ctx, bool input_grad) {
+                                                DecoderLayerImpl* layer, ForwardContext* ctx, bool input_grad,
+                                                bool keep_attention) {
+    std::vector<torch::Tensor> saved;
     // The input's copy to the host starts first, so it overlaps this layer's forward.
     if (ctx->offload_checkpoints && x.is_cuda()) {
       if (!ctx->offload) ctx->offload = c10::make_intrusive<CheckpointOffload>();
       actx->saved_data["offload_slot"] = ctx->offload->push(x);
       actx->saved_data["offload"] = c10::IValue::make_capsule(ctx->offload);
     } else {
-      actx->save_for_backward({x});
+      saved.push_back(x);
     }
     torch::Tensor out, s;
+    attention::AttnForward kept;
     {
       torch::NoGradGuard ng;
+      AttentionStore store(*ctx, keep_attention ? &kept : nullptr);
       out = layer->forward_plain(x, *ctx);
       if (ctx->mode != RoutingMode::off) s = ctx->decisions.back();
     }
+    actx->saved_data["kept_attention"] = kept.out.defined();
+    if (kept.out.defined()) {
+      saved.push_back(kept.out);
+      saved.push_back(kept.lse);
+    }
+    actx->save_for_backward(saved);
     actx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     actx->saved_data["input_grad"] = input_grad;
     actx->saved_data["ctx"] = reinterpret_cast<int64_t>(ctx);
@@ -236,14 +260,18 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(actx->saved_data["layer"].toInt());
     auto* ctx = reinterpret_cast<ForwardContext*>(actx->saved_data["ctx"].toInt());
     torch::Tensor x;
+    const auto saved = actx->get_saved_variables();
+    size_t next = 0;
     if (actx->saved_data.count("offload_slot")) {
       // This pass's offload, not ctx's: a later forward on the same context starts a new one.
       const auto offload =
           c10::static_intrusive_pointer_cast<CheckpointOffload>(actx->saved_data["offload"].toCapsule());
       x = offload->take(actx->saved_data["offload_slot"].toInt());
     } else {
-      x = actx->get_saved_variables()[0].detach();
+      x = saved[next++].detach();
     }
+    attention::AttnForward kept;
+    if (actx->saved_data["kept_attention"].toBool()) kept = {saved[next].detach(), saved[next + 1].detach()};
     // Without an input gradient the recompute's backward reaches only the router: no q/k/v
     // gradients, no attention backward over either branch.
     x.requires_grad_(actx->needs_input_grad(0) && actx->saved_data["input_grad"].toBool());
@@ -253,6 +281,7 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     MlpRecompute mr;
     {
       torch::AutoGradMode on(true);
+      AttentionStore store(*ctx, kept.out.defined() ? &kept : nullptr);
       ctx->recomputing = true;
       if (mlp_frozen) {
         mr = recompute_to_mlp(*layer, x, *ctx);
@@ -291,13 +320,13 @@ class CheckpointFn : public torch::autograd::Function<CheckpointFn> {
     }
     if (!outs.empty()) torch::autograd::backward(outs, gs);
     torch::Tensor gx = x.requires_grad() ? x.grad() : torch::Tensor();
-    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {gx, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx) {
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& ctx, bool keep_attention) {
   if (!ctx.checkpoint || !torch::GradMode::is_enabled()) return forward_plain(x, ctx);
   torch::Tensor in = x;
   const bool input_grad = x.requires_grad();
@@ -311,7 +340,7 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, ForwardContext& 
       }
     }
   }
-  auto r = CheckpointFn::apply(in, this, &ctx, input_grad);
+  auto r = CheckpointFn::apply(in, this, &ctx, input_grad, keep_attention);
   // The recorded decisions become the differentiable ones.
   if (ctx.mode != RoutingMode::off) ctx.decisions.back() = r[1];
   return r[0];
@@ -356,10 +385,14 @@ torch::Tensor CausalLMImpl::forward_hidden(const torch::Tensor& ids, ForwardCont
   const auto num_layers = static_cast<int64_t>(model->layers.size());
   ELASTIC_CHECK(ctx.keep_layers >= 0 && ctx.keep_layers <= num_layers,
                 "forward: keep_layers must be in [0, " << num_layers << "], got " << ctx.keep_layers);
+  ELASTIC_CHECK(ctx.keep_attention >= 0 && ctx.keep_attention <= num_layers,
+                "forward: keep_attention must be in [0, " << num_layers << "], got " << ctx.keep_attention);
   const int64_t first_kept = ctx.checkpoint && torch::GradMode::is_enabled() ? num_layers - ctx.keep_layers : num_layers;
+  // The layers just before the kept ones keep their attention's output (the plan gives them the rest).
+  const int64_t first_attention_kept = std::max<int64_t>(0, first_kept - ctx.keep_attention);
   for (int64_t i = 0; i < num_layers; ++i) {
     auto& layer = model->layers[static_cast<size_t>(i)];
-    h = i < first_kept ? layer->forward(h, ctx) : forward_holding_activations(*layer, h, ctx);
+    h = i < first_kept ? layer->forward(h, ctx, i >= first_attention_kept) : forward_holding_activations(*layer, h, ctx);
   }
   if (ctx.offload && first_kept < num_layers && h.requires_grad()) {
     // The last offloaded input comes back while the kept layers' backward runs: h's gradient is

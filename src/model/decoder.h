@@ -48,8 +48,9 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& cfg, int64_t layer, const torch::TensorOptions& opts);
   // With ctx.checkpoint and grad enabled, activations inside the layer (its router's included)
-  // are not kept: the backward recomputes the layer with the same Gumbel noise.
-  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx);
+  // are not kept: the backward recomputes the layer with the same Gumbel noise. keep_attention: its
+  // attention's output is kept for that recompute (ForwardContext::keep_attention).
+  torch::Tensor forward(const torch::Tensor& x, ForwardContext& ctx, bool keep_attention = false);
   torch::Tensor forward_plain(const torch::Tensor& x, ForwardContext& ctx);
   // Everything but the MLP: {h, y} with output = h + mlp(y).
   std::pair<torch::Tensor, torch::Tensor> forward_to_mlp(const torch::Tensor& x, ForwardContext& ctx);

@@ -164,10 +164,10 @@ std::vector<torch::Tensor> Trainer::router_params() const {
   return out;
 }
 
-int64_t Trainer::keep_layers_for(int64_t pack_tokens) const {
-  if (!keep_auto_) return keep_layers_;
-  if (!step_memory_) return 0;
-  return step_memory_->layers_that_fit(pack_tokens, keep_budget_bytes_, model_->config().num_layers);
+KeepPlan Trainer::keep_plan_for(int64_t pack_tokens) const {
+  if (!keep_auto_) return {keep_layers_, 0};
+  if (!step_memory_) return {};
+  return step_memory_->plan(pack_tokens, keep_budget_bytes_, model_->config().num_layers);
 }
 
 json Trainer::step() {
@@ -206,7 +206,7 @@ json Trainer::step() {
   for (int64_t s = 0; s < slots; ++s) task_counts[s] = counts[2 + s].item<int64_t>();
   ELASTIC_CHECK(total_targets > 0, "step " << step_ << ": no labelled tokens in the batch (check the dataset labels)");
 
-  int64_t last_keep = 0;  // layers kept by the last micro-batch (metrics)
+  KeepPlan last_keep;  // what the last micro-batch kept (metrics)
   // Per-step sums reduced over ranks: ce, sparsity loss, non-finite flag, Ω and Ω_ESR per slot, then the
   // cuDNN plan keys the step was first to use (each a plan build: attention/cudnn_sample.h).
   auto sums = torch::zeros({4 + 2 * slots}, torch::kFloat64);
@@ -241,9 +241,10 @@ json Trainer::step() {
     // auto: measured on the second step run, once optimizer state exists, every layer recomputed.
     std::optional<StepMemoryProbe> probe;
     if (keep_auto_ && !step_memory_ && steps_run_ > 0) probe.emplace(device_);
-    ctx.keep_layers = probe ? 0 : keep_layers_for(b.pack.tokens());
+    last_keep = probe ? KeepPlan{} : keep_plan_for(b.pack.tokens());
+    ctx.keep_layers = last_keep.layers;
+    ctx.keep_attention = last_keep.attention;
     ctx.measure_layer_activations = probe.has_value();
-    last_keep = ctx.keep_layers;
     auto hidden = model_->forward_hidden(b.ids, ctx);
     auto lm = lm_loss(model_, hidden, b.ids, b.labels, b.pack, cfg_.train_logits_chunk);
     auto loss = lm.sum / static_cast<double>(total_targets);
@@ -267,11 +268,18 @@ json Trainer::step() {
     }
     loss.backward();
     if (probe) {
-      step_memory_ = probe->finish(ctx.layer_activation_bytes, b.pack.tokens(), ctx.offload_checkpoints);
+      const auto& mc = model_->config();
+      // Only hard routing keeps attention outputs (attention/hybrid.h): the router's and random heads.
+      const double attention_bytes = ctx.mode == model::RoutingMode::off
+                                         ? 0.0
+                                         : attention_kept_bytes(b.pack.tokens(), mc.num_heads, mc.head_dim, dtype_);
+      step_memory_ = probe->finish(ctx.layer_activation_bytes, b.pack.tokens(), ctx.offload_checkpoints, attention_bytes);
+      const auto plan = keep_plan_for(b.pack.tokens());
       LOG_INFO("train.keep_layers auto: a layer's activations take " << step_memory_->layer_bytes / 1e9 << " GB at "
                << b.pack.tokens() << " tokens (step peak " << step_memory_->peak_bytes / 1e9 << " GB, weights and state "
-               << step_memory_->static_bytes / 1e9 << " GB); a pack this size keeps " << keep_layers_for(b.pack.tokens())
-               << " of " << model_->config().num_layers << " layers within " << keep_budget_bytes_ / 1e9 << " GB");
+               << step_memory_->static_bytes / 1e9 << " GB); a pack this size keeps " << plan.layers
+               << " of " << mc.num_layers << " layers' activations and " << plan.attention
+               << " more layers' attention output within " << keep_budget_bytes_ / 1e9 << " GB");
     }
   }
 
@@ -329,7 +337,8 @@ json Trainer::step() {
   j["step_seconds"] = dt;
   j["ranks"] = comm_->size();
   j["peak_memory_gb"] = peak_memory_gb(device_);
-  j["keep_layers"] = last_keep;
+  j["keep_layers"] = last_keep.layers;
+  j["keep_attention"] = last_keep.attention;
   j["cudnn_new_plan_keys"] = static_cast<int64_t>(acc[plan_keys_at]);
   if (routing) {
     int64_t n = 0;

@@ -68,7 +68,7 @@ class Trainer {
   double keep_budget_bytes_ = 0;  // auto: kKeepLayersMemoryShare of the GPU's memory
   std::optional<StepMemory> step_memory_;
   int64_t steps_run_ = 0;
-  int64_t keep_layers_for(int64_t pack_tokens) const;
+  KeepPlan keep_plan_for(int64_t pack_tokens) const;
 };
 
 // Unfreezes backbone parameters whose names match any regex; returns them (error if a pattern matches nothing).
