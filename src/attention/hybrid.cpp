@@ -221,12 +221,13 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
   }
 };
 
-// The routing-aware hybrid of a recomputed layer whose forward without grad kept what it ran (hard
-// routing): `kept` holds each head's selected branch, output and log-sum-exp. With hard weights that is
-// the hybrid's output, so the forward runs no attention. The backward runs the unselected branch of each
-// pair (a forward, for the router gradient: FA - SSA = (2s - 1)(selected - other)), then the selected
-// branches' backward from the kept log-sum-exp, as HybridFn does.
-class HybridKeptFn : public torch::autograd::Function<HybridKeptFn> {
+// The routing-aware hybrid with hard weights, given each head's selected branch (output and
+// log-sum-exp; with hard weights that output is the hybrid's): the forward that made it ran only those
+// branches, or it is a checkpointed layer's kept output and no attention runs. The backward runs the
+// unselected branch of each pair as a forward, for the router gradient (FA - SSA = (2s - 1)(selected -
+// other)), then the selected branches' backward, as HybridFn does. The same attention as running both
+// branches in the forward, but the step holds one branch's output per head, not two.
+class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor v, torch::Tensor s,
@@ -296,19 +297,25 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
                         attention_forward(q, k, v, pack, ssa, scale).out, s, pack);
   }
   if (!s_host) s_host = c10::make_intrusive<util::HostCopy>(s);
-  if (!needs_grad) {
+  if (!every_head(pack)) {
+    if (needs_grad && kept && kept->out.defined()) {
+      return HybridSelectedFn::apply(q, k, v, s, kept->out, kept->lse, &pack, ssa.sink, ssa.window, scale,
+                                     std::move(s_host))[0];
+    }
     // One host copy serves the hardness check and both branches' pair lists.
     const auto w = s_host->wait().to(torch::kFloat64);
     if (is_hard(w)) {
-      auto f = routed_forward(q, k, v, w, pack, ssa, scale, /*want_lse=*/kept != nullptr);
-      if (kept) *kept = f;
-      return f.out;
+      AttnForward f;
+      {
+        torch::NoGradGuard ng;  // HybridSelectedFn is the graph
+        f = routed_forward(q, k, v, w, pack, ssa, scale, /*want_lse=*/needs_grad || kept != nullptr);
+      }
+      if (!needs_grad) {
+        if (kept) *kept = f;
+        return f.out;
+      }
+      return HybridSelectedFn::apply(q, k, v, s, f.out, f.lse, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
     }
-  }
-  if (kept && kept->out.defined()) {
-    ELASTIC_CHECK(!every_head(pack), "hybrid_attention: a kept output needs the selected-pairs backward");
-    return HybridKeptFn::apply(q, k, v, s, kept->out, kept->lse, &pack, ssa.sink, ssa.window, scale,
-                               std::move(s_host))[0];
   }
   return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
 }

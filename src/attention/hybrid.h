@@ -2,12 +2,14 @@
 // s[b, h] (1 = full attention, 0 = streaming), O = s * FA + (1 - s) * SSA, broadcast to
 // the query heads of the GQA group.
 //
-// Custom autograd, routing-aware: the forward runs both branches (the router needs
-// dL/ds = <FA - SSA, dO>), the backward runs the attention backward only for the
-// (sample, head) pairs whose branch weight is non-zero (or, below set_gather_min_len, masks dO
-// over every head). With hard routing every pair is in exactly one branch, so this is exact
-// and costs one attention backward, not two. Without grad, hard routing runs only the
-// selected branch of each pair; a checkpointed layer can keep that for its recompute (`kept` below).
+// Custom autograd, routing-aware. The router needs dL/ds = <FA - SSA, dO>, so both branches run on
+// every head; the backward runs the attention backward only for the (sample, head) pairs whose
+// branch weight is non-zero (or, below set_gather_min_len, masks dO over every head). With hard
+// routing every pair is in exactly one branch, so this is exact and costs one attention backward,
+// not two. Hard routing also runs only each pair's selected branch in the forward and the other one
+// in the backward, where dO is known, so the step holds one branch's output per head, not two; and
+// without grad only the selected branch runs, which a checkpointed layer can keep for its recompute
+// (`kept` below). Soft weights run both branches in the forward.
 #pragma once
 #include <torch/torch.h>
 
