@@ -66,7 +66,8 @@ struct TrainConfig {
   bool train_checkpoint = true;              // recompute decoder layers in the backward
   bool train_offload_checkpoints = false;    // keep checkpointed layer inputs in pinned host memory
   std::string train_keep_layers = "0";       // with checkpointing: the last N layers keep activations (no
-                                             // recompute); auto: as many as fit (train/keep_layers.h)
+                                             // recompute); auto: every other layer's attention output,
+                                             // then as many layers as fit (train/keep_layers.h)
   int64_t train_max_nonfinite_steps = 3;     // consecutive skipped steps before training stops
   std::string train_resume;                  // "", "auto" (newest checkpoint in output.dir) or a checkpoint dir
   // checkpoints (under output.dir/checkpoints)
