@@ -167,6 +167,32 @@ AttnForward routed_forward(const torch::Tensor& q, const torch::Tensor& k, const
   return f;
 }
 
+// What both hybrid functions keep besides tensors, read back in their backward. The backward picks its
+// branches on the host, from the copy of the routing weights started behind the router.
+struct HybridCall {
+  Packing pack;
+  MaskSpec ssa;
+  double scale = 0;
+  c10::intrusive_ptr<util::HostCopy> s_host;
+
+  static void save(torch::autograd::AutogradContext* ctx, const Packing& pack, int64_t sink, int64_t window,
+                   double scale, c10::intrusive_ptr<util::HostCopy> s_host) {
+    ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
+    ctx->saved_data["cu"] = pack.cu;
+    ctx->saved_data["sink"] = sink;
+    ctx->saved_data["window"] = window;
+    ctx->saved_data["scale"] = scale;
+  }
+  static HybridCall load(torch::autograd::AutogradContext* ctx, torch::Device device) {
+    return {Packing::from_cu(ctx->saved_data["cu"].toIntVector(), device),
+            MaskSpec{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()},
+            ctx->saved_data["scale"].toDouble(),
+            c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())};
+  }
+  // The routing weights on the host, in fp64.
+  torch::Tensor weights() const { return s_host->wait().to(torch::kFloat64); }
+};
+
 class HybridFn : public torch::autograd::Function<HybridFn> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
@@ -178,12 +204,7 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     auto sa = attention_forward(q, k, v, *pack, ssa, scale);
     auto out = hybrid_blend(fa.out, sa.out, s, *pack);
     ctx->save_for_backward({q, k, v, s, fa.out, fa.lse, sa.out, sa.lse});
-    // The backward picks its branches on the host, from the copy started behind the router.
-    ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
-    ctx->saved_data["cu"] = pack->cu;
-    ctx->saved_data["sink"] = sink;
-    ctx->saved_data["window"] = window;
-    ctx->saved_data["scale"] = scale;
+    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host));
     return {out};
   }
 
@@ -192,9 +213,8 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     auto sv = ctx->get_saved_variables();
     auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
     AttnForward fa{sv[4], sv[5]}, sa{sv[6], sv[7]};
-    auto pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), q.device());
-    MaskSpec ssa{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
-    const double scale = ctx->saved_data["scale"].toDouble();
+    const auto call = HybridCall::load(ctx, q.device());
+    const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
 
     torch::Tensor ds;
@@ -206,16 +226,14 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
       dk = torch::zeros_like(k);
       dv = torch::zeros_like(v);
       // The host copy of the weights says which branches have work and whether routing is hard.
-      const auto s_host = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())
-                              ->wait()
-                              .to(torch::kFloat64);
+      const auto s_host = call.weights();
       const bool hard = is_hard(s_host);
       const bool fa_used = s_host.ne(0).any().item<bool>(), sa_used = s_host.ne(1).any().item<bool>();
       // Both branches' weighted dO in one pass where any is needed.
       torch::Tensor dout_fa = dout, dout_sa = dout;
       if (every_head(pack) || !hard) std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, fa_used, sa_used);
-      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s_host, pack, MaskSpec::causal(), scale, hard, dq, dk, dv);
-      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s_host, pack, ssa, scale, hard, dq, dk, dv);
+      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s_host, pack, MaskSpec::causal(), call.scale, hard, dq, dk, dv);
+      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s_host, pack, call.ssa, call.scale, hard, dq, dk, dv);
     }
     return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
@@ -235,11 +253,7 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
                                                 int64_t sink, int64_t window, double scale,
                                                 c10::intrusive_ptr<util::HostCopy> s_host) {
     ctx->save_for_backward({q, k, v, s, kept_out, kept_lse});
-    ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
-    ctx->saved_data["cu"] = pack->cu;
-    ctx->saved_data["sink"] = sink;
-    ctx->saved_data["window"] = window;
-    ctx->saved_data["scale"] = scale;
+    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host));
     return {kept_out};
   }
 
@@ -248,16 +262,13 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
     auto sv = ctx->get_saved_variables();
     auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
     const AttnForward kept{sv[4], sv[5]};
-    auto pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), q.device());
-    MaskSpec ssa{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
-    const double scale = ctx->saved_data["scale"].toDouble();
+    const auto call = HybridCall::load(ctx, q.device());
+    const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
-    const auto w = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())
-                       ->wait()
-                       .to(torch::kFloat64);
+    const auto w = call.weights();
     torch::Tensor ds, dq, dk, dv;
     if (ctx->needs_input_grad(3)) {
-      auto other = routed_forward(q, k, v, 1 - w, pack, ssa, scale, /*want_lse=*/false).out;
+      auto other = routed_forward(q, k, v, 1 - w, pack, call.ssa, call.scale, /*want_lse=*/false).out;
       ds = hybrid_ds(kept.out, other, dout, s, pack).mul_(s.detach() * 2 - 1);
     }
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
@@ -266,8 +277,9 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
       dv = torch::zeros_like(v);
       // Each pair's kept output and log-sum-exp are its selected branch's, the only ones the branch reads.
       if (w.ne(0).any().item<bool>())
-        branch_backward(dout, q, k, v, kept, w, pack, MaskSpec::causal(), scale, /*hard=*/true, dq, dk, dv);
-      if (w.ne(1).any().item<bool>()) branch_backward(dout, q, k, v, kept, 1 - w, pack, ssa, scale, true, dq, dk, dv);
+        branch_backward(dout, q, k, v, kept, w, pack, MaskSpec::causal(), call.scale, /*hard=*/true, dq, dk, dv);
+      if (w.ne(1).any().item<bool>())
+        branch_backward(dout, q, k, v, kept, 1 - w, pack, call.ssa, call.scale, /*hard=*/true, dq, dk, dv);
     }
     return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
             torch::Tensor(), torch::Tensor()};
