@@ -167,6 +167,23 @@ AttnForward routed_forward(const torch::Tensor& q, const torch::Tensor& k, const
   return f;
 }
 
+// The attention backward of both branches for the routing-aware hybrid: each branch over the pairs
+// where its weight (w_host for full attention, 1 - w_host for streaming) is non-zero, from that branch's
+// forward (fa, sa; with hard weights both may be one tensor of each pair's selected branch, the only
+// entries a branch reads). dout_fa/dout_sa: dO weighted per branch, or dO itself with hard weights
+// (branch_backward). Returns {dq, dk, dv}.
+AttnGrads branches_backward(const torch::Tensor& dout_fa, const torch::Tensor& dout_sa, const torch::Tensor& q,
+                            const torch::Tensor& k, const torch::Tensor& v, const AttnForward& fa,
+                            const AttnForward& sa, const torch::Tensor& w_host, const Packing& pack, MaskSpec ssa,
+                            double scale, bool hard) {
+  AttnGrads g{torch::zeros_like(q), torch::zeros_like(k), torch::zeros_like(v)};
+  if (w_host.ne(0).any().item<bool>())
+    branch_backward(dout_fa, q, k, v, fa, w_host, pack, MaskSpec::causal(), scale, hard, g.dq, g.dk, g.dv);
+  if (w_host.ne(1).any().item<bool>())
+    branch_backward(dout_sa, q, k, v, sa, 1 - w_host, pack, ssa, scale, hard, g.dq, g.dk, g.dv);
+  return g;
+}
+
 // What both hybrid functions keep besides tensors, read back in their backward. The backward picks its
 // branches on the host, from the copy of the routing weights started behind the router.
 struct HybridCall {
@@ -220,22 +237,20 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     torch::Tensor ds;
     // dL/ds[b,h] = sum over the sample's tokens, the group's query heads and d of (FA - SSA) * dO.
     if (ctx->needs_input_grad(3)) ds = hybrid_ds(fa.out, sa.out, dout, s, pack);
-    torch::Tensor dq, dk, dv;
+    AttnGrads g;
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-      dq = torch::zeros_like(q);
-      dk = torch::zeros_like(k);
-      dv = torch::zeros_like(v);
       // The host copy of the weights says which branches have work and whether routing is hard.
       const auto s_host = call.weights();
       const bool hard = is_hard(s_host);
-      const bool fa_used = s_host.ne(0).any().item<bool>(), sa_used = s_host.ne(1).any().item<bool>();
       // Both branches' weighted dO in one pass where any is needed.
       torch::Tensor dout_fa = dout, dout_sa = dout;
-      if (every_head(pack) || !hard) std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, fa_used, sa_used);
-      if (fa_used) branch_backward(dout_fa, q, k, v, fa, s_host, pack, MaskSpec::causal(), call.scale, hard, dq, dk, dv);
-      if (sa_used) branch_backward(dout_sa, q, k, v, sa, 1 - s_host, pack, call.ssa, call.scale, hard, dq, dk, dv);
+      if (every_head(pack) || !hard) {
+        std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, s_host.ne(0).any().item<bool>(),
+                                                         s_host.ne(1).any().item<bool>());
+      }
+      g = branches_backward(dout_fa, dout_sa, q, k, v, fa, sa, s_host, pack, call.ssa, call.scale, hard);
     }
-    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -266,22 +281,15 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
     const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
     const auto w = call.weights();
-    torch::Tensor ds, dq, dk, dv;
+    torch::Tensor ds;
     if (ctx->needs_input_grad(3)) {
       auto other = routed_forward(q, k, v, 1 - w, pack, call.ssa, call.scale, /*want_lse=*/false).out;
       ds = hybrid_ds(kept.out, other, dout, s, pack).mul_(s.detach() * 2 - 1);
     }
-    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-      dq = torch::zeros_like(q);
-      dk = torch::zeros_like(k);
-      dv = torch::zeros_like(v);
-      // Each pair's kept output and log-sum-exp are its selected branch's, the only ones the branch reads.
-      if (w.ne(0).any().item<bool>())
-        branch_backward(dout, q, k, v, kept, w, pack, MaskSpec::causal(), call.scale, /*hard=*/true, dq, dk, dv);
-      if (w.ne(1).any().item<bool>())
-        branch_backward(dout, q, k, v, kept, 1 - w, pack, call.ssa, call.scale, /*hard=*/true, dq, dk, dv);
-    }
-    return {dq, dk, dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+    AttnGrads g;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2))
+      g = branches_backward(dout, dout, q, k, v, kept, kept, w, pack, call.ssa, call.scale, /*hard=*/true);
+    return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
             torch::Tensor(), torch::Tensor()};
   }
 };

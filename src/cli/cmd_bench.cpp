@@ -236,7 +236,6 @@ int cmd_bench_train(int argc, char** argv) {
       if (keep_auto) {
         // As the trainer does: one step, every layer recomputed, measures what a step needs.
         keep_layers = 0;
-        const int64_t asked_attention = keep_attention;
         keep_attention = 0;
         const train::StepMemoryProbe probe(device);
         measure_layers = true;
@@ -246,7 +245,7 @@ int cmd_bench_train(int argc, char** argv) {
                                      train::attention_kept_bytes(T, mc.num_heads, mc.head_dim, dtype));
         const auto plan = sm.plan(T, train::keep_layers_budget_bytes(device), mc.num_layers);
         keep_layers = plan.layers;
-        keep_attention = keep_attention_given ? asked_attention : plan.attention;
+        keep_attention = keep_attention_given ? a.get_int("keep-attention", 0) : plan.attention;
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;
         run["peak_none_kept_gb"] = sm.peak_bytes / 1e9;
         run["planned_keep_attention"] = plan.attention;
