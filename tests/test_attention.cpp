@@ -9,6 +9,7 @@
 #include "attention/cudnn_sample.h"
 #include "attention/hybrid.h"
 #include "attention/sink_rows.h"
+#include "cpu_memory.h"
 #include "test_util.h"
 
 using namespace elastic;
@@ -252,6 +253,61 @@ TEST(Hybrid, KeptSelectedBranchesGiveTheSameOutputAndGradients) {
     hybrid_attention(q, k, v, torch::full({3, 3}, 0.5, torch::kFloat64), pack, ssa, scale, {}, &kept);
   }
   EXPECT_FALSE(kept.out.defined());
+}
+
+// hybrid_attention's `remake`: the backward makes q and k again from tensors the caller keeps, so the
+// step no longer holds them, and the gradients stay the same bit for bit. Hard routing (the selected
+// branches in the forward, and a kept output) and soft weights (both branches).
+TEST(Hybrid, RemadeQueriesAndKeysAreNotKeptAndGiveTheSameGradients) {
+  torch::manual_seed(12);
+  auto pack = Packing::from_lengths({70, 41}, torch::kCPU);
+  const int64_t T = pack.tokens(), Hq = 4, Hkv = 2, d = 8;
+  const MaskSpec ssa = MaskSpec::streaming(2, 9);
+  auto q_src = torch::randn({T, Hq, d}, torch::kFloat64).requires_grad_();
+  auto k_src = torch::randn({T, Hkv, d}, torch::kFloat64).requires_grad_();
+  auto v = torch::randn({T, Hkv, d}, torch::kFloat64).requires_grad_();
+  auto w = torch::randn({T, Hq, d}, torch::kFloat64);
+  // q and k as the model makes them: an op on what the caller keeps (multiplying by a number saves nothing).
+  auto make_q = [&] { return q_src * 1.5; };
+  auto make_k = [&] { return k_src * -0.5; };
+  for (const auto& s0 : {torch::tensor({{1., 0.}, {0., 1.}}, torch::kFloat64), torch::full({2, 2}, 0.3, torch::kFloat64)}) {
+    for (bool keep : {false, true}) {
+      const bool hard = s0.eq(1).logical_or(s0.eq(0)).all().item<bool>();
+      if (keep && !hard) continue;
+      SCOPED_TRACE(std::string(hard ? "hard" : "soft") + (keep ? ", kept output" : ""));
+      int remade = 0;
+      auto run = [&](bool with_remake) {
+        for (auto* t : {&q_src, &k_src, &v}) t->mutable_grad() = torch::Tensor();
+        auto s = s0.clone().requires_grad_();
+        Remake remake;
+        if (with_remake) {
+          remake.q = [&] { ++remade; return make_q().detach(); };
+          remake.k = [&] { ++remade; return make_k().detach(); };
+        }
+        AttnForward kept;
+        if (keep) {
+          torch::NoGradGuard ng;
+          hybrid_attention(make_q(), make_k(), v, s, pack, ssa, 0.3, {}, &kept);
+        }
+        elastic::testing::CpuMemoryCounter mem;
+        const int64_t before = mem.now();
+        torch::Tensor out;
+        {
+          auto q = make_q(), k = make_k();
+          out = hybrid_attention(q, k, v, s, pack, ssa, 0.3, {}, keep ? &kept : nullptr, remake);
+        }
+        const int64_t held = mem.now() - before;
+        (out * w).sum().backward();
+        return std::make_pair(held, std::vector<torch::Tensor>{out.detach(), q_src.grad(), k_src.grad(), v.grad(), s.grad()});
+      };
+      auto [held_ref, ref] = run(false);
+      auto [held, ours] = run(true);
+      EXPECT_EQ(remade, 2);
+      EXPECT_EQ(held_ref - held, (T * Hq * d + T * Hkv * d) * 8);
+      const char* names[] = {"out", "dq", "dk", "dv", "ds"};
+      for (int i = 0; i < 5; ++i) EXPECT_TRUE(torch::equal(ours[i], ref[i])) << names[i];
+    }
+  }
 }
 
 TEST(Hybrid, RouterGradientIsInnerProductOfBranchDifferenceAndUpstream) {

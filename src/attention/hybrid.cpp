@@ -184,6 +184,14 @@ AttnGrads branches_backward(const torch::Tensor& dout_fa, const torch::Tensor& d
   return g;
 }
 
+// The caller's recipe for q and k (Remake), with the shapes the forward saw.
+struct RemakeHolder : torch::CustomClassHolder {
+  RemakeHolder(Remake r, const torch::Tensor& q, const torch::Tensor& k)
+      : remake(std::move(r)), q_sizes(q.sizes().vec()), k_sizes(k.sizes().vec()) {}
+  Remake remake;
+  std::vector<int64_t> q_sizes, k_sizes;
+};
+
 // What both hybrid functions keep besides tensors, read back in their backward. The backward picks its
 // branches on the host, from the copy of the routing weights started behind the router.
 struct HybridCall {
@@ -191,10 +199,17 @@ struct HybridCall {
   MaskSpec ssa;
   double scale = 0;
   c10::intrusive_ptr<util::HostCopy> s_host;
+  c10::intrusive_ptr<RemakeHolder> remake;
 
+  // q and k as the forward saves them: nothing where the caller can make them again.
+  static torch::Tensor saved(const torch::Tensor& t, const std::function<torch::Tensor()>& remake) {
+    return remake ? torch::Tensor() : t;
+  }
   static void save(torch::autograd::AutogradContext* ctx, const Packing& pack, int64_t sink, int64_t window,
-                   double scale, c10::intrusive_ptr<util::HostCopy> s_host) {
+                   double scale, c10::intrusive_ptr<util::HostCopy> s_host, const torch::Tensor& q,
+                   const torch::Tensor& k, Remake remake) {
     ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
+    ctx->saved_data["remake"] = c10::IValue::make_capsule(c10::make_intrusive<RemakeHolder>(std::move(remake), q, k));
     ctx->saved_data["cu"] = pack.cu;
     ctx->saved_data["sink"] = sink;
     ctx->saved_data["window"] = window;
@@ -204,10 +219,26 @@ struct HybridCall {
     return {Packing::from_cu(ctx->saved_data["cu"].toIntVector(), device),
             MaskSpec{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()},
             ctx->saved_data["scale"].toDouble(),
-            c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule())};
+            c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule()),
+            c10::static_intrusive_pointer_cast<RemakeHolder>(ctx->saved_data["remake"].toCapsule())};
   }
   // The routing weights on the host, in fp64.
   torch::Tensor weights() const { return s_host->wait().to(torch::kFloat64); }
+  // q and k for the backward: the saved tensors, or made again.
+  torch::Tensor q(const torch::Tensor& saved) const { return input(saved, remake->remake.q, remake->q_sizes, "q"); }
+  torch::Tensor k(const torch::Tensor& saved) const { return input(saved, remake->remake.k, remake->k_sizes, "k"); }
+
+ private:
+  static torch::Tensor input(const torch::Tensor& saved, const std::function<torch::Tensor()>& make,
+                             const std::vector<int64_t>& sizes, const char* name) {
+    if (saved.defined()) return saved;
+    torch::NoGradGuard ng;
+    auto t = make();
+    ELASTIC_CHECK(t.sizes() == c10::IntArrayRef(sizes),
+                  "hybrid attention backward: " << name << " made again is " << t.sizes() << ", the forward's was "
+                                                << c10::IntArrayRef(sizes));
+    return t;
+  }
 };
 
 class HybridFn : public torch::autograd::Function<HybridFn> {
@@ -215,22 +246,23 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, torch::Tensor q,
                                                 torch::Tensor k, torch::Tensor v, torch::Tensor s,
                                                 const Packing* pack, int64_t sink, int64_t window, double scale,
-                                                c10::intrusive_ptr<util::HostCopy> s_host) {
+                                                c10::intrusive_ptr<util::HostCopy> s_host, Remake remake) {
     MaskSpec full = MaskSpec::causal(), ssa{sink, window};
     auto fa = attention_forward(q, k, v, *pack, full, scale);
     auto sa = attention_forward(q, k, v, *pack, ssa, scale);
     auto out = hybrid_blend(fa.out, sa.out, s, *pack);
-    ctx->save_for_backward({q, k, v, s, fa.out, fa.lse, sa.out, sa.lse});
-    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host));
+    ctx->save_for_backward({HybridCall::saved(q, remake.q), HybridCall::saved(k, remake.k), v, s, fa.out, fa.lse,
+                            sa.out, sa.lse});
+    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host), q, k, std::move(remake));
     return {out};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto sv = ctx->get_saved_variables();
-    auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
+    auto &v = sv[2], &s = sv[3];
     AttnForward fa{sv[4], sv[5]}, sa{sv[6], sv[7]};
-    const auto call = HybridCall::load(ctx, q.device());
+    const auto call = HybridCall::load(ctx, v.device());
     const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
 
@@ -248,9 +280,11 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
         std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, s_host.ne(0).any().item<bool>(),
                                                          s_host.ne(1).any().item<bool>());
       }
-      g = branches_backward(dout_fa, dout_sa, q, k, v, fa, sa, s_host, pack, call.ssa, call.scale, hard);
+      g = branches_backward(dout_fa, dout_sa, call.q(sv[0]), call.k(sv[1]), v, fa, sa, s_host, pack, call.ssa,
+                            call.scale, hard);
     }
-    return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor()};
   }
 };
 
@@ -266,18 +300,20 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
                                                 torch::Tensor k, torch::Tensor v, torch::Tensor s,
                                                 torch::Tensor kept_out, torch::Tensor kept_lse, const Packing* pack,
                                                 int64_t sink, int64_t window, double scale,
-                                                c10::intrusive_ptr<util::HostCopy> s_host) {
-    ctx->save_for_backward({q, k, v, s, kept_out, kept_lse});
-    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host));
+                                                c10::intrusive_ptr<util::HostCopy> s_host, Remake remake) {
+    ctx->save_for_backward(
+        {HybridCall::saved(q, remake.q), HybridCall::saved(k, remake.k), v, s, kept_out, kept_lse});
+    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host), q, k, std::move(remake));
     return {kept_out};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto sv = ctx->get_saved_variables();
-    auto &q = sv[0], &k = sv[1], &v = sv[2], &s = sv[3];
+    auto &v = sv[2], &s = sv[3];
     const AttnForward kept{sv[4], sv[5]};
-    const auto call = HybridCall::load(ctx, q.device());
+    const auto call = HybridCall::load(ctx, v.device());
+    const auto q = call.q(sv[0]), k = call.k(sv[1]);
     const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
     const auto w = call.weights();
@@ -290,7 +326,7 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
     if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1) || ctx->needs_input_grad(2))
       g = branches_backward(dout, dout, q, k, v, kept, kept, w, pack, call.ssa, call.scale, /*hard=*/true);
     return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor()};
+            torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
@@ -301,7 +337,7 @@ int64_t gather_min_len() { return g_gather_min_len; }
 
 torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                const torch::Tensor& s, const Packing& pack, MaskSpec ssa, double scale,
-                               c10::intrusive_ptr<util::HostCopy> s_host, AttnForward* kept) {
+                               c10::intrusive_ptr<util::HostCopy> s_host, AttnForward* kept, Remake remake) {
   ELASTIC_CHECK(s.dim() == 2 && s.size(0) == pack.num_samples() && s.size(1) == k.size(1),
                 "hybrid_attention: routing weights must be [samples=" << pack.num_samples()
                                                                       << ", kv_heads=" << k.size(1) << "], got "
@@ -320,7 +356,7 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
   if (!every_head(pack)) {
     if (needs_grad && kept && kept->out.defined()) {
       return HybridSelectedFn::apply(q, k, v, s, kept->out, kept->lse, &pack, ssa.sink, ssa.window, scale,
-                                     std::move(s_host))[0];
+                                     std::move(s_host), std::move(remake))[0];
     }
     // One host copy serves the hardness check and both branches' pair lists.
     const auto w = s_host->wait().to(torch::kFloat64);
@@ -334,10 +370,11 @@ torch::Tensor hybrid_attention(const torch::Tensor& q, const torch::Tensor& k, c
         if (kept) *kept = f;
         return f.out;
       }
-      return HybridSelectedFn::apply(q, k, v, s, f.out, f.lse, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
+      return HybridSelectedFn::apply(q, k, v, s, f.out, f.lse, &pack, ssa.sink, ssa.window, scale, std::move(s_host),
+                                     std::move(remake))[0];
     }
   }
-  return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale, std::move(s_host))[0];
+  return HybridFn::apply(q, k, v, s, &pack, ssa.sink, ssa.window, scale, std::move(s_host), std::move(remake))[0];
 }
 
 torch::Tensor hybrid_attention_autograd_both(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,

@@ -31,11 +31,6 @@ void SelfAttentionImpl::attach_router(const router::RouterOptions& opt) {
   mask_allocator = register_module("mask_allocator", router::Router(opt));
 }
 
-torch::Tensor SelfAttentionImpl::keys_pre_rope(const torch::Tensor& x) const {
-  auto k = k_proj->forward(x).view({x.size(0), n_kv_, head_dim_});
-  return q_norm ? k_norm->forward(k) : k;
-}
-
 torch::Tensor SelfAttentionImpl::routing_weights(const torch::Tensor& keys, ForwardContext& ctx) {
   torch::Tensor s;
   if (ctx.mode == RoutingMode::fixed) {
@@ -74,21 +69,32 @@ torch::Tensor SelfAttentionImpl::forward(const torch::Tensor& x, ForwardContext&
   const int64_t T = x.size(0);
   // Keys and router first: the hybrid attention needs the routing weights on the host, and a copy
   // started here completes while the query and value projections still run.
-  auto k = keys_pre_rope(x);
+  const auto k_pre = k_proj->forward(x).view({T, n_kv_, head_dim_});
+  auto k = k_norm ? k_norm->forward(k_pre) : k_pre;
   torch::Tensor s;
   c10::intrusive_ptr<util::HostCopy> s_host;
   if (ctx.mode != RoutingMode::off) {
     s = routing_weights(k, ctx);
     s_host = c10::make_intrusive<util::HostCopy>(s);
   }
-  auto q = q_proj->forward(x).view({T, n_heads_, head_dim_});
+  const auto q_pre = q_proj->forward(x).view({T, n_heads_, head_dim_});
   auto v = v_proj->forward(x).view({T, n_kv_, head_dim_});
-  if (q_norm) q = q_norm->forward(q);
-  q = apply_rope(q, ctx.cos, ctx.sin);
+  auto q = apply_rope(q_norm ? q_norm->forward(q_pre) : q_pre, ctx.cos, ctx.sin);
   k = apply_rope(k, ctx.cos, ctx.sin);
   if (ctx.capture_qk) ctx.capture_qk->emplace_back(q.detach(), k.detach());
+  // The q/k norms keep their inputs, the projections' outputs, for their backward: the hybrid's
+  // backward makes q and k from those again rather than keep copies of its own. Without the norms
+  // nothing keeps the projections' outputs, and remaking would only trade one tensor for another.
+  attention::Remake remake;
+  if (q_norm && k_norm) {
+    auto remade = [cos = ctx.cos, sin = ctx.sin](RMSNorm norm, torch::Tensor pre) {
+      return [norm = std::move(norm), pre = pre.detach(), cos, sin] { return apply_rope(norm->forward(pre), cos, sin); };
+    };
+    remake.q = remade(q_norm, q_pre);
+    remake.k = remade(k_norm, k_pre);
+  }
   auto out = s.defined() ? attention::hybrid_attention(q, k, v, s, *ctx.pack, ctx.ssa, scale_, std::move(s_host),
-                                                      ctx.attention_kept)
+                                                      ctx.attention_kept, std::move(remake))
                          : attention::attention(q, k, v, *ctx.pack, attention::MaskSpec::causal(), scale_);
   return o_proj->forward(out.reshape({T, n_heads_ * head_dim_}));
 }

@@ -25,7 +25,6 @@ class SelfAttentionImpl : public torch::nn::Module {
  private:
   int64_t layer_, n_heads_, n_kv_, head_dim_;
   double scale_;
-  torch::Tensor keys_pre_rope(const torch::Tensor& x) const;
   torch::Tensor routing_weights(const torch::Tensor& keys, ForwardContext& ctx);
 };
 TORCH_MODULE(SelfAttention);
