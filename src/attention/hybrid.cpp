@@ -184,60 +184,60 @@ AttnGrads branches_backward(const torch::Tensor& dout_fa, const torch::Tensor& d
   return g;
 }
 
-// The caller's recipe for q and k (Remake), with the shapes the forward saw.
+// The caller's recipe for q and k, kept with the call.
 struct RemakeHolder : torch::CustomClassHolder {
-  RemakeHolder(Remake r, const torch::Tensor& q, const torch::Tensor& k)
-      : remake(std::move(r)), q_sizes(q.sizes().vec()), k_sizes(k.sizes().vec()) {}
+  explicit RemakeHolder(Remake r) : remake(std::move(r)) {}
   Remake remake;
-  std::vector<int64_t> q_sizes, k_sizes;
 };
 
-// What both hybrid functions keep besides tensors, read back in their backward. The backward picks its
-// branches on the host, from the copy of the routing weights started behind the router.
+// What both hybrid functions keep for their backward: q and k (unless the caller can make them again,
+// Remake), the function's other tensors (`rest`, v first), and the call's other arguments. The backward
+// picks its branches on the host, from the copy of the routing weights started behind the router.
 struct HybridCall {
+  std::vector<torch::Tensor> rest;
   Packing pack;
   MaskSpec ssa;
   double scale = 0;
   c10::intrusive_ptr<util::HostCopy> s_host;
-  c10::intrusive_ptr<RemakeHolder> remake;
 
-  // q and k as the forward saves them: nothing where the caller can make them again.
-  static torch::Tensor saved(const torch::Tensor& t, const std::function<torch::Tensor()>& remake) {
-    return remake ? torch::Tensor() : t;
-  }
-  static void save(torch::autograd::AutogradContext* ctx, const Packing& pack, int64_t sink, int64_t window,
-                   double scale, c10::intrusive_ptr<util::HostCopy> s_host, const torch::Tensor& q,
-                   const torch::Tensor& k, Remake remake) {
+  static void save(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                   std::vector<torch::Tensor> rest, const Packing& pack, int64_t sink, int64_t window, double scale,
+                   c10::intrusive_ptr<util::HostCopy> s_host, Remake remake) {
+    rest.insert(rest.begin(), {remake.q ? torch::Tensor() : q, remake.k ? torch::Tensor() : k});
+    ctx->save_for_backward(rest);
     ctx->saved_data["s_host"] = c10::IValue::make_capsule(std::move(s_host));
-    ctx->saved_data["remake"] = c10::IValue::make_capsule(c10::make_intrusive<RemakeHolder>(std::move(remake), q, k));
+    ctx->saved_data["remake"] = c10::IValue::make_capsule(c10::make_intrusive<RemakeHolder>(std::move(remake)));
     ctx->saved_data["cu"] = pack.cu;
     ctx->saved_data["sink"] = sink;
     ctx->saved_data["window"] = window;
     ctx->saved_data["scale"] = scale;
   }
-  static HybridCall load(torch::autograd::AutogradContext* ctx, torch::Device device) {
-    return {Packing::from_cu(ctx->saved_data["cu"].toIntVector(), device),
-            MaskSpec{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()},
-            ctx->saved_data["scale"].toDouble(),
-            c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule()),
-            c10::static_intrusive_pointer_cast<RemakeHolder>(ctx->saved_data["remake"].toCapsule())};
+  static HybridCall load(torch::autograd::AutogradContext* ctx) {
+    auto sv = ctx->get_saved_variables();
+    HybridCall call;
+    call.q_ = sv[0];
+    call.k_ = sv[1];
+    call.rest.assign(sv.begin() + 2, sv.end());
+    call.pack = Packing::from_cu(ctx->saved_data["cu"].toIntVector(), call.rest[0].device());
+    call.ssa = MaskSpec{ctx->saved_data["sink"].toInt(), ctx->saved_data["window"].toInt()};
+    call.scale = ctx->saved_data["scale"].toDouble();
+    call.s_host = c10::static_intrusive_pointer_cast<util::HostCopy>(ctx->saved_data["s_host"].toCapsule());
+    call.remake_ = c10::static_intrusive_pointer_cast<RemakeHolder>(ctx->saved_data["remake"].toCapsule());
+    return call;
   }
   // The routing weights on the host, in fp64.
   torch::Tensor weights() const { return s_host->wait().to(torch::kFloat64); }
   // q and k for the backward: the saved tensors, or made again.
-  torch::Tensor q(const torch::Tensor& saved) const { return input(saved, remake->remake.q, remake->q_sizes, "q"); }
-  torch::Tensor k(const torch::Tensor& saved) const { return input(saved, remake->remake.k, remake->k_sizes, "k"); }
+  torch::Tensor q() const { return input(q_, remake_->remake.q); }
+  torch::Tensor k() const { return input(k_, remake_->remake.k); }
 
  private:
-  static torch::Tensor input(const torch::Tensor& saved, const std::function<torch::Tensor()>& make,
-                             const std::vector<int64_t>& sizes, const char* name) {
+  torch::Tensor q_, k_;
+  c10::intrusive_ptr<RemakeHolder> remake_;
+  static torch::Tensor input(const torch::Tensor& saved, const std::function<torch::Tensor()>& make) {
     if (saved.defined()) return saved;
     torch::NoGradGuard ng;
-    auto t = make();
-    ELASTIC_CHECK(t.sizes() == c10::IntArrayRef(sizes),
-                  "hybrid attention backward: " << name << " made again is " << t.sizes() << ", the forward's was "
-                                                << c10::IntArrayRef(sizes));
-    return t;
+    return make();
   }
 };
 
@@ -251,18 +251,16 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
     auto fa = attention_forward(q, k, v, *pack, full, scale);
     auto sa = attention_forward(q, k, v, *pack, ssa, scale);
     auto out = hybrid_blend(fa.out, sa.out, s, *pack);
-    ctx->save_for_backward({HybridCall::saved(q, remake.q), HybridCall::saved(k, remake.k), v, s, fa.out, fa.lse,
-                            sa.out, sa.lse});
-    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host), q, k, std::move(remake));
+    HybridCall::save(ctx, q, k, {v, s, fa.out, fa.lse, sa.out, sa.lse}, *pack, sink, window, scale, std::move(s_host),
+                     std::move(remake));
     return {out};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto sv = ctx->get_saved_variables();
-    auto &v = sv[2], &s = sv[3];
-    AttnForward fa{sv[4], sv[5]}, sa{sv[6], sv[7]};
-    const auto call = HybridCall::load(ctx, v.device());
+    const auto call = HybridCall::load(ctx);
+    const auto &v = call.rest[0], &s = call.rest[1];
+    const AttnForward fa{call.rest[2], call.rest[3]}, sa{call.rest[4], call.rest[5]};
     const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
 
@@ -280,8 +278,7 @@ class HybridFn : public torch::autograd::Function<HybridFn> {
         std::tie(dout_fa, dout_sa) = hybrid_branch_douts(dout, s, pack, s_host.ne(0).any().item<bool>(),
                                                          s_host.ne(1).any().item<bool>());
       }
-      g = branches_backward(dout_fa, dout_sa, call.q(sv[0]), call.k(sv[1]), v, fa, sa, s_host, pack, call.ssa,
-                            call.scale, hard);
+      g = branches_backward(dout_fa, dout_sa, call.q(), call.k(), v, fa, sa, s_host, pack, call.ssa, call.scale, hard);
     }
     return {g.dq, g.dk, g.dv, ds, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor(),
             torch::Tensor()};
@@ -301,19 +298,17 @@ class HybridSelectedFn : public torch::autograd::Function<HybridSelectedFn> {
                                                 torch::Tensor kept_out, torch::Tensor kept_lse, const Packing* pack,
                                                 int64_t sink, int64_t window, double scale,
                                                 c10::intrusive_ptr<util::HostCopy> s_host, Remake remake) {
-    ctx->save_for_backward(
-        {HybridCall::saved(q, remake.q), HybridCall::saved(k, remake.k), v, s, kept_out, kept_lse});
-    HybridCall::save(ctx, *pack, sink, window, scale, std::move(s_host), q, k, std::move(remake));
+    HybridCall::save(ctx, q, k, {v, s, kept_out, kept_lse}, *pack, sink, window, scale, std::move(s_host),
+                     std::move(remake));
     return {kept_out};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto sv = ctx->get_saved_variables();
-    auto &v = sv[2], &s = sv[3];
-    const AttnForward kept{sv[4], sv[5]};
-    const auto call = HybridCall::load(ctx, v.device());
-    const auto q = call.q(sv[0]), k = call.k(sv[1]);
+    const auto call = HybridCall::load(ctx);
+    const auto &v = call.rest[0], &s = call.rest[1];
+    const AttnForward kept{call.rest[2], call.rest[3]};
+    const auto q = call.q(), k = call.k();
     const auto& pack = call.pack;
     auto dout = grads[0].contiguous();
     const auto w = call.weights();

@@ -145,9 +145,10 @@ int cmd_bench_train(int argc, char** argv) {
                 "bench-train: --keep-layers must be auto or in [0, " << mc.num_layers << "], got " << keep_layers);
   result["keep_layers"] = keep_auto ? json("auto") : json(keep_layers);
   const bool keep_attention_given = a.has("keep-attention");
-  int64_t keep_attention = a.get_int("keep-attention", 0);
-  ELASTIC_CHECK(keep_attention >= 0 && keep_attention <= mc.num_layers,
-                "bench-train: --keep-attention must be in [0, " << mc.num_layers << "], got " << keep_attention);
+  const int64_t keep_attention_arg = a.get_int("keep-attention", 0);
+  ELASTIC_CHECK(keep_attention_arg >= 0 && keep_attention_arg <= mc.num_layers,
+                "bench-train: --keep-attention must be in [0, " << mc.num_layers << "], got " << keep_attention_arg);
+  int64_t keep_attention = keep_attention_arg;
   bool measure_layers = false;  // the --keep-layers auto step measures a layer's activations
   result["fa_backend"] = attention::full_attention_backend();
   if (a.has("head-split-min-len")) result["head_split_min_len"] = attention::head_split_min_len();
@@ -245,7 +246,7 @@ int cmd_bench_train(int argc, char** argv) {
                                      train::attention_kept_bytes(T, mc.num_heads, mc.head_dim, dtype));
         const auto plan = sm.plan(T, train::keep_layers_budget_bytes(device), mc.num_layers);
         keep_layers = plan.layers;
-        keep_attention = keep_attention_given ? a.get_int("keep-attention", 0) : plan.attention;
+        keep_attention = keep_attention_given ? keep_attention_arg : plan.attention;
         run["layer_activation_gb"] = sm.layer_bytes / 1e9;
         run["peak_none_kept_gb"] = sm.peak_bytes / 1e9;
         run["planned_keep_attention"] = plan.attention;
