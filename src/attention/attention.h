@@ -46,7 +46,8 @@ AttnForward flash_streaming_forward(const torch::Tensor& q, const torch::Tensor&
 
 // Attention over some of each sample's KV heads (with their query groups), for the hybrid attention's
 // branches, one call per sample on that sample's selected heads, so a branch costs its share of the
-// heads. heads[b]: sample b's KV heads, int64 on q's device (undefined or empty: none). The forward
+// heads. heads[b]: sample b's KV heads, distinct, an int64 tensor on the host (undefined or empty:
+// none); the heads ride in the copies' launch arguments (attention/head_rows.h). The forward
 // writes `out` [T, Hq, d] (and, when given, `lse` [Hq, T] fp32) at those heads; the backward writes (or, with accumulate, adds) dq/dk/dv at
 // those heads. Other heads are left untouched. Works for any mask and device; per_sample_heads says
 // where it is the fast path: full attention where it runs sample by sample anyway (cuDNN, or the

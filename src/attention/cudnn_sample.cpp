@@ -7,6 +7,7 @@
 #include <thread>
 #include <tuple>
 
+#include "attention/head_rows.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -51,20 +52,13 @@ int64_t cudnn_sample_length(int64_t n) {
 }
 
 torch::Tensor cudnn_sample_rows(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv) {
-  const int64_t rows = cudnn_sample_length(n), G = t.size(1) / Hkv, d = t.size(2);
-  const bool all = !idx.defined() || idx.numel() == Hkv;
+  const int64_t rows = cudnn_sample_length(n);
+  if (!every_head_in_order(idx, Hkv)) return gather_heads(t, s0, n, rows, idx, Hkv);
   auto src = t.narrow(0, s0, n);
-  if (all && rows == n) return src;
-  const int64_t m = all ? Hkv : idx.numel();
-  auto buf = torch::empty({rows, m * G, d}, t.options());
+  if (rows == n) return src;
+  auto buf = torch::empty({rows, t.size(1), t.size(2)}, t.options());
   buf.narrow(0, n, rows - n).zero_();
-  auto head = buf.narrow(0, 0, n);
-  if (all) {
-    head.copy_(src);
-  } else {
-    auto out = head.view({n, m, G, d});
-    at::index_select_out(out, src.reshape({n, Hkv, G, d}), 1, idx);
-  }
+  buf.narrow(0, 0, n).copy_(src);
   return buf;
 }
 

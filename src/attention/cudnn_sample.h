@@ -31,9 +31,10 @@ int64_t cudnn_sample_length(int64_t n);
 bool note_cudnn_sample_shape(bool backward, const torch::Tensor& q, const torch::Tensor& k);
 int64_t cudnn_sample_shapes();
 
-// Rows [s0, s0 + n) of t [T, H, d] at the KV heads idx (with their H / Hkv query heads each; undefined:
-// every head) as cuDNN's input [cudnn_sample_length(n), m * H / Hkv, d]: a view where that is the
-// same tensor, else a copy with zero rows after n.
+// Rows [s0, s0 + n) of t [T, H, d] at the KV heads idx (an int64 host list, with their H / Hkv query
+// heads each; undefined: every head) as cuDNN's input [cudnn_sample_length(n), m * H / Hkv, d]: a
+// view where that is the same tensor, else a copy with zero rows after n (attention/head_rows.h:
+// t needs stride(2) == 1 and stride(1) == d unless every head is taken).
 torch::Tensor cudnn_sample_rows(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv);
 
 // One sample through cuDNN: q [rows, Hq, d], k/v [rows, Hkv, d] from cudnn_sample_rows (rows >= n)

@@ -73,26 +73,17 @@ PairSelection select_pairs(const torch::Tensor& w_host, const Packing& pack, tor
 }
 
 // Each sample's KV heads with a non-zero branch weight w_host [B, Hkv] (on the host), for a branch that
-// runs one call per sample (per_sample_heads): each call then takes only its sample's selected heads.
-std::vector<torch::Tensor> heads_per_sample(const torch::Tensor& w_host, torch::Device dev) {
+// runs one call per sample (per_sample_heads): each call then takes only its sample's selected heads,
+// a host list that rides in the copies' launch arguments.
+std::vector<torch::Tensor> heads_per_sample(const torch::Tensor& w_host) {
   auto nz = w_host.ne(0).contiguous();
   auto acc = nz.accessor<bool, 2>();
-  std::vector<int64_t> all, count;
+  std::vector<torch::Tensor> heads(static_cast<size_t>(nz.size(0)));
   for (int64_t b = 0; b < nz.size(0); ++b) {
-    count.push_back(0);
-    for (int64_t h = 0; h < nz.size(1); ++h) {
-      if (!acc[b][h]) continue;
-      all.push_back(h);
-      ++count.back();
-    }
-  }
-  std::vector<torch::Tensor> heads(count.size());
-  if (all.empty()) return heads;
-  auto idx = util::to_device(all, dev);  // one copy for the whole pack
-  int64_t at = 0;
-  for (size_t b = 0; b < count.size(); ++b) {
-    if (count[b] > 0) heads[b] = idx.narrow(0, at, count[b]);
-    at += count[b];
+    std::vector<int64_t> h;
+    for (int64_t k = 0; k < nz.size(1); ++k)
+      if (acc[b][k]) h.push_back(k);
+    if (!h.empty()) heads[static_cast<size_t>(b)] = torch::tensor(h, torch::TensorOptions().dtype(torch::kInt64));
   }
   return heads;
 }
@@ -123,7 +114,7 @@ void branch_backward(const torch::Tensor& dout_w, const torch::Tensor& q, const 
   if (selected == w.numel()) return all_heads();
   if (per_sample_heads(q, pack, mask, /*backward=*/true)) {
     // One cuDNN call per sample, as over every head, but on the sample's selected heads only.
-    return attention_backward_heads(dout_w, q, k, v, fwd, pack, heads_per_sample(w, q.device()), mask, scale,
+    return attention_backward_heads(dout_w, q, k, v, fwd, pack, heads_per_sample(w), mask, scale,
                                     /*accumulate=*/!hard, AttnGrads{dq, dk, dv});
   }
   auto sel = select_pairs(w, pack, q.device());
@@ -154,7 +145,7 @@ AttnForward routed_forward(const torch::Tensor& q, const torch::Tensor& k, const
     if (selected == 0) continue;
     if (selected == w.numel()) return attention_forward(q, k, v, pack, mask, scale);
     if (per_sample_heads(q, pack, mask, /*backward=*/false)) {
-      attention_forward_heads(q, k, v, pack, heads_per_sample(w, q.device()), mask, scale, f.out, f.lse);
+      attention_forward_heads(q, k, v, pack, heads_per_sample(w), mask, scale, f.out, f.lse);
       continue;
     }
     auto sel = select_pairs(w, pack, q.device());

@@ -4,6 +4,7 @@
 
 #include "attention/attention.h"
 #include "attention/cudnn_sample.h"
+#include "attention/head_rows.h"
 #include "util/error.h"
 
 namespace elastic::attention {
@@ -34,21 +35,18 @@ void check_heads(const Packing& pack, const std::vector<torch::Tensor>& heads) {
 
 // Rows of sample [s0, s0 + n) at the KV heads `idx` (with their G query heads each): [n, m * G, d].
 torch::Tensor sample_heads(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv) {
-  const int64_t G = t.size(1) / Hkv, d = t.size(2);
-  return t.narrow(0, s0, n).view({n, Hkv, G, d}).index_select(1, idx).view({n, idx.numel() * G, d});
+  return every_head_in_order(idx, Hkv) ? t.narrow(0, s0, n) : gather_heads(t, s0, n, n, idx, Hkv);
 }
 
 // Writes (or adds) src [n, m * G, d] into dst's rows [s0, s0 + n) at the KV heads `idx`.
 void put_sample_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_t s0, int64_t n,
                       const torch::Tensor& idx, int64_t Hkv, bool accumulate) {
-  const int64_t G = dst.size(1) / Hkv, d = dst.size(2);
-  auto rows = dst.narrow(0, s0, n).view({n, Hkv, G, d});
-  auto vals = src.reshape({n, idx.numel(), G, d});
-  if (idx.numel() == Hkv) {
-    accumulate ? rows.add_(vals) : rows.copy_(vals);
-  } else {
-    accumulate ? rows.index_add_(1, idx, vals) : rows.index_copy_(1, idx, vals);
+  if (every_head_in_order(idx, Hkv)) {
+    auto rows = dst.narrow(0, s0, n);
+    accumulate ? rows.add_(src) : rows.copy_(src);
+    return;
   }
+  scatter_heads(dst, src, s0, n, idx, Hkv, accumulate);
 }
 
 bool no_heads(const torch::Tensor& idx) { return !idx.defined() || idx.numel() == 0; }
@@ -63,13 +61,7 @@ bool split_heads(const torch::Tensor& idx, int64_t n, int64_t Hkv) {
 // whichever heads and how many were selected (cuDNN's plan key).
 torch::Tensor head_major_rows(const torch::Tensor& t, int64_t s0, int64_t n, const torch::Tensor& idx, int64_t Hkv,
                               int64_t rows) {
-  const int64_t G = t.size(1) / Hkv, d = t.size(2);
-  auto sel = t.narrow(0, s0, n).view({n, Hkv, G, d}).permute({1, 0, 2, 3}).index_select(0, idx);  // [m, n, G, d]
-  if (rows == n) return sel;
-  auto buf = torch::empty({idx.numel(), rows, G, d}, t.options());
-  buf.narrow(1, n, rows - n).zero_();
-  buf.narrow(1, 0, n).copy_(sel);
-  return buf;
+  return gather_heads(t, s0, n, rows, idx, Hkv, /*head_major=*/true);
 }
 
 // Per-head results [n, G', d] in selection order, as one [n, m * G', d] tensor for put_sample_heads.
@@ -88,13 +80,10 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
                              double scale, const torch::Tensor& out, const torch::Tensor& lse) {
   check_attention_inputs(q, k, v, pack);
   check_heads(pack, heads);
-  const int64_t Hkv = k.size(1), G = q.size(1) / Hkv, T = q.size(0);
+  const int64_t Hkv = k.size(1);
   // Writes a sample's log-sum-exp l [m * G, n] (selection order) at its heads.
   auto put_lse = [&](const torch::Tensor& l, int64_t s0, int64_t n, const torch::Tensor& idx) {
-    if (!lse.defined()) return;
-    auto rows = lse.view({Hkv, G, T}).narrow(2, s0, n);
-    auto vals = l.reshape({idx.numel(), G, n});
-    idx.numel() == Hkv ? rows.copy_(vals) : rows.index_copy_(0, idx, vals);
+    if (lse.defined()) scatter_lse_heads(lse, l, s0, n, idx, Hkv);
   };
   const bool cudnn = heads_on_cudnn(q, mask);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
@@ -121,8 +110,7 @@ void attention_forward_heads(const torch::Tensor& q, const torch::Tensor& k, con
       continue;
     }
     auto sel = [&](const torch::Tensor& t) {
-      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
-      return idx.numel() == Hkv ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
+      return cudnn ? cudnn_sample_rows(t, s0, n, idx, Hkv) : sample_heads(t, s0, n, idx, Hkv);
     };
     auto f = run(sel(qc), sel(kc), sel(vc));
     put_sample_heads(out, f.out, s0, n, idx, Hkv, /*accumulate=*/false);
@@ -136,19 +124,16 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
                               const AttnGrads& into) {
   check_attention_inputs(q, k, v, pack);
   check_heads(pack, heads);
-  const int64_t T = q.size(0), Hkv = k.size(1), G = q.size(1) / Hkv;
+  const int64_t Hkv = k.size(1), G = q.size(1) / Hkv;
   const bool cudnn = heads_on_cudnn(q, mask);
   auto qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous(), oc = fwd.out.contiguous(),
        dc = dout.contiguous();
-  auto lse = fwd.lse.reshape({Hkv, G, T});
+  auto lse = fwd.lse.stride(1) == 1 ? fwd.lse : fwd.lse.contiguous();
   for (int64_t b = 0; b < pack.num_samples(); ++b) {
     const auto& idx = heads[static_cast<size_t>(b)];
     if (no_heads(idx)) continue;
     const int64_t s0 = pack.begin(b), n = pack.length(b);
-    const bool all = idx.numel() == Hkv;
-    auto lse_s = lse.narrow(2, s0, n);
-    if (!all) lse_s = lse_s.index_select(0, idx);
-    lse_s = lse_s.reshape({-1, n});
+    auto lse_s = every_head_in_order(idx, Hkv) ? lse.narrow(1, s0, n) : gather_lse_heads(lse, s0, n, idx, Hkv);
     // dO, q, k, v, out as selected; lse [heads * G, n].
     auto run = [&](const torch::Tensor& ds, const torch::Tensor& qs, const torch::Tensor& ks, const torch::Tensor& vs,
                    const torch::Tensor& os, const torch::Tensor& ls) {
@@ -174,8 +159,7 @@ void attention_backward_heads(const torch::Tensor& dout, const torch::Tensor& q,
       continue;
     }
     auto sel = [&](const torch::Tensor& t) {
-      if (cudnn) return cudnn_sample_rows(t, s0, n, idx, Hkv);
-      return all ? t.narrow(0, s0, n) : sample_heads(t, s0, n, idx, Hkv);
+      return cudnn ? cudnn_sample_rows(t, s0, n, idx, Hkv) : sample_heads(t, s0, n, idx, Hkv);
     };
     auto g = run(sel(dc), sel(qc), sel(kc), sel(vc), sel(oc), lse_s);
     put_sample_heads(into.dq, g.dq, s0, n, idx, Hkv, accumulate);

@@ -3,11 +3,16 @@
 // (attention::gather_pairs_composed / scatter_pairs_composed): rows of q, out and dO (R = G * d)
 // and of k and v (R = d) for half of the (sample, kv head) pairs of a pack, as a hard routing
 // picks them, and the scatter of the q gradient (copying with hard routing, accumulating with soft).
+// Also the per-sample head copies around cuDNN (kernels/head_rows.cu) against the index_select /
+// index_copy_ / index_add_ they replaced: one sample's rows at half of its KV heads, padded to
+// cuDNN's length.
 #include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
 
+#include "attention/cudnn_sample.h"
+#include "attention/head_rows.h"
 #include "attention/pair_gather.h"
 #include "cli/bench_kernels.h"
 #include "cli/bench_util.h"
@@ -71,6 +76,37 @@ std::vector<KernelCase> gather_kernel_cases(const KernelShape& s) {
   cases.push_back({"pair_scatter_add_q", shape(G * d), 3.0 * N * G * d * e + index_bytes,
                    [=] { attention::scatter_pairs(dst_f, dq, tok, head, true); },
                    [=] { attention::scatter_pairs_composed(dst_c, dq, tok, head, true); }});
+
+  // One sample (the pack's first) at every other KV head, as cuDNN's per-sample calls copy it.
+  const int64_t n = lengths[0], rows = attention::cudnn_sample_length(n), m = Hkv / 2;
+  auto heads = torch::arange(0, Hkv, 2, torch::kInt64), heads_dev = heads.to(s.device);
+  auto sample = [&](int64_t R) {
+    return "n=" + std::to_string(n) + " rows=" + std::to_string(rows) + " heads=" + std::to_string(m) + "/" +
+           std::to_string(Hkv) + " R=" + std::to_string(R) + " " + c10::toString(s.dtype);
+  };
+  auto xq3 = xq.view({T, Hkv * G, d}), xk3 = xk;
+  auto composed_gather = [=](const torch::Tensor& x, int64_t R) {
+    auto buf = torch::empty({rows, m * R / d, d}, x.options());
+    buf.narrow(0, n, rows - n).zero_();
+    auto out = buf.narrow(0, 0, n).view({n, m, R / d, d});
+    at::index_select_out(out, x.narrow(0, 0, n).view({n, Hkv, R / d, d}), 1, heads_dev);
+  };
+  // Rows read once, padded rows written once.
+  cases.push_back({"head_rows_gather_q", sample(G * d), (n + rows) * m * G * d * e,
+                   [=] { attention::gather_heads(xq3, 0, n, rows, heads, Hkv); },
+                   [=] { composed_gather(xq3, G * d); }});
+  cases.push_back({"head_rows_gather_k", sample(d), (n + rows) * m * d * e,
+                   [=] { attention::gather_heads(xk3, 0, n, rows, heads, Hkv); },
+                   [=] { composed_gather(xk3, d); }});
+  auto dqs = torch::randn({n, m * G, d}, opts);
+  auto hdst_f = torch::zeros({T, Hkv * G, d}, opts), hdst_c = torch::zeros({T, Hkv * G, d}, opts);
+  auto composed_rows = [=] { return hdst_c.narrow(0, 0, n).view({n, Hkv, G, d}); };
+  cases.push_back({"head_rows_scatter_q", sample(G * d), 2.0 * n * m * G * d * e,
+                   [=] { attention::scatter_heads(hdst_f, dqs, 0, n, heads, Hkv, false); },
+                   [=] { composed_rows().index_copy_(1, heads_dev, dqs.view({n, m, G, d})); }});
+  cases.push_back({"head_rows_scatter_add_q", sample(G * d), 3.0 * n * m * G * d * e,
+                   [=] { attention::scatter_heads(hdst_f, dqs, 0, n, heads, Hkv, true); },
+                   [=] { composed_rows().index_add_(1, heads_dev, dqs.view({n, m, G, d})); }});
   return cases;
 }
 
