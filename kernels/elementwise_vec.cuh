@@ -71,6 +71,30 @@ __device__ __forceinline__ void store(T* p, const float (&in)[N]) {
   }
 }
 
+// V consecutive elements in one access each way (d and s aligned to V * sizeof(T) bytes), for the
+// gather and scatter kernels (pair_gather, head_rows). The typed word pins the access width.
+template <typename T, int V>
+__device__ __forceinline__ void copy_chunk(T* __restrict__ d, const T* __restrict__ s) {
+  using W = typename Raw<V * sizeof(T)>::type;
+  *reinterpret_cast<W*>(d) = __ldg(reinterpret_cast<const W*>(s));
+}
+
+// d += s over V elements, summed in fp32 and rounded once. d is read with a plain load, not
+// through the read-only path, because the calling kernel writes it.
+template <typename T, int V>
+__device__ __forceinline__ void add_chunk(T* __restrict__ d, const T* __restrict__ s) {
+  using W = typename Raw<V * sizeof(T)>::type;
+  W dw = *reinterpret_cast<const W*>(d);
+  const W sw = __ldg(reinterpret_cast<const W*>(s));
+  T dv[V], sv[V];
+  memcpy(dv, &dw, sizeof(dw));
+  memcpy(sv, &sw, sizeof(sw));
+#pragma unroll
+  for (int k = 0; k < V; ++k) dv[k] = from_float<T>(to_float(dv[k]) + to_float(sv[k]));
+  memcpy(&dw, dv, sizeof(dw));
+  *reinterpret_cast<W*>(d) = dw;
+}
+
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 constexpr int kThreads = 256;

@@ -31,18 +31,9 @@ __global__ void head_rows_kernel(const T* __restrict__ src, T* __restrict__ dst,
       if (static_cast<int64_t>(i) < s.valid) w = __ldg(reinterpret_cast<const Word<T, V>*>(src + headed));
       *reinterpret_cast<Word<T, V>*>(dst + dense) = w;
     } else if constexpr (op == Op::kScatter) {
-      *reinterpret_cast<Word<T, V>*>(dst + headed) = __ldg(reinterpret_cast<const Word<T, V>*>(src + dense));
+      copy_chunk<T, V>(dst + headed, src + dense);
     } else {
-      // dst is read with a plain load, not the read-only path: this kernel writes it.
-      Word<T, V> dw = *reinterpret_cast<const Word<T, V>*>(dst + headed);
-      const Word<T, V> sw = __ldg(reinterpret_cast<const Word<T, V>*>(src + dense));
-      T dv[V], sv[V];
-      memcpy(dv, &dw, sizeof(dw));
-      memcpy(sv, &sw, sizeof(sw));
-#pragma unroll
-      for (int k = 0; k < V; ++k) dv[k] = from_float<T>(to_float(dv[k]) + to_float(sv[k]));
-      memcpy(&dw, dv, sizeof(dw));
-      *reinterpret_cast<Word<T, V>*>(dst + headed) = dw;
+      add_chunk<T, V>(dst + headed, src + dense);
     }
   }
 }

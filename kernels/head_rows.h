@@ -1,8 +1,9 @@
 // Gather and scatter of some KV heads of a row range: what the per-sample attention calls
 // (src/attention/sample_heads.cpp) copy in and out of cuDNN, with the heads known on the host.
-// ATen's index_select / index_copy_ move these element by element at about half the bandwidth;
-// here whole 16-byte words move where strides and pointers allow, the heads ride in the launch's
-// arguments (no index tensor, no host-to-device copy) and a gather writes its padding rows' zeros.
+// ATen's index_select / index_copy_ / index_add_ move these element by element and took 2.3-2.9x as
+// long on the H100 (bench-kernels --only head_rows); here whole 16-byte words move where strides and
+// pointers allow, the heads ride in the launch's arguments (no index tensor, no host-to-device copy)
+// and a gather writes its padding rows' zeros.
 // Plain CUDA: the C++ side (src/attention/head_rows.cpp) checks the tensors.
 #pragma once
 #include <cuda_runtime.h>

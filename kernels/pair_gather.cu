@@ -20,30 +20,6 @@ __device__ __forceinline__ int64_t pair_row(const int64_t* __restrict__ tok, con
   return t * heads + h;
 }
 
-// V consecutive elements in one access each way (d and s aligned to V * sizeof(T) bytes). The
-// typed word pins the access width, as in elementwise_vec.cuh.
-template <typename T, int V>
-__device__ __forceinline__ void copy_chunk(T* __restrict__ d, const T* __restrict__ s) {
-  using W = typename Raw<V * sizeof(T)>::type;
-  *reinterpret_cast<W*>(d) = __ldg(reinterpret_cast<const W*>(s));
-}
-
-// d += s over V elements, summed in fp32 and rounded once. d is read with a plain load, not
-// through the read-only path, because this kernel writes it.
-template <typename T, int V>
-__device__ __forceinline__ void add_chunk(T* __restrict__ d, const T* __restrict__ s) {
-  using W = typename Raw<V * sizeof(T)>::type;
-  W dw = *reinterpret_cast<const W*>(d);
-  const W sw = __ldg(reinterpret_cast<const W*>(s));
-  T dv[V], sv[V];
-  memcpy(dv, &dw, sizeof(dw));
-  memcpy(sv, &sw, sizeof(sw));
-#pragma unroll
-  for (int k = 0; k < V; ++k) dv[k] = from_float<T>(to_float(dv[k]) + to_float(sv[k]));
-  memcpy(&dw, dv, sizeof(dw));
-  *reinterpret_cast<W*>(d) = dw;
-}
-
 // A flat grid-stride loop over chunks of V elements: item i is chunk c of dense row r
 // (i = r * chunks + c), so consecutive threads touch consecutive 16-byte words of a row and a
 // warp spans rows when a row is shorter than the warp (R = 128 bf16 is 16 chunks). I is the

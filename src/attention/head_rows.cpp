@@ -58,6 +58,21 @@ void check_lse(const char* fn, const torch::Tensor& lse, int64_t s0, int64_t n, 
                 fn << ": columns [" << s0 << ", " << s0 + n << ") are outside lse's " << lse.size(1));
 }
 
+// Rows [s0, s0 + valid) of t [T, Hkv * G, d], a (token, KV head) pair being one run of G * d; the
+// dense side's rows and heads dense_row and dense_stride apart.
+Layout token_rows(const torch::Tensor& t, int64_t s0, int64_t rows, int64_t valid, int64_t Hkv, int64_t dense_row,
+                  int64_t dense_stride) {
+  const int64_t E = t.size(1) / Hkv * t.size(2);
+  return Layout{rows, valid, E, t.stride(0), E, dense_row, dense_stride, s0 * t.stride(0), Hkv};
+}
+
+// Columns [s0, s0 + n) of lse [Hkv * G, T] as (i = query head of the group, KV head, e = token): the
+// sample's tokens are the run; the dense side [m * G, n] has rows dense_row apart.
+Layout lse_columns(const torch::Tensor& lse, int64_t s0, int64_t n, int64_t Hkv, int64_t dense_row) {
+  const int64_t G = lse.size(0) / Hkv;
+  return Layout{G, G, n, lse.stride(0), G * lse.stride(0), dense_row, G * dense_row, s0, Hkv};
+}
+
 // headed's Layout view over every KV head, and dense's over the selected ones.
 torch::Tensor headed_view(const torch::Tensor& headed, const Layout& l) {
   return headed.as_strided({l.valid, l.num_kv, l.elems}, {l.head_row, l.head_stride, 1},
@@ -152,17 +167,7 @@ torch::Tensor gather_heads(const torch::Tensor& t, int64_t s0, int64_t n, int64_
   const auto h = host_heads("gather_heads", heads, Hkv);
   const int64_t m = static_cast<int64_t>(h.size()), G = t.size(1) / Hkv, d = t.size(2);
   auto out = head_major ? torch::empty({m, rows, G, d}, t.options()) : torch::empty({rows, m * G, d}, t.options());
-  Layout l;
-  l.rows = rows;
-  l.valid = n;
-  l.elems = E;
-  l.head_row = t.stride(0);
-  l.head_stride = E;
-  l.dense_row = head_major ? E : m * E;
-  l.dense_stride = head_major ? rows * E : E;
-  l.headed_offset = s0 * t.stride(0);
-  l.num_kv = Hkv;
-  gather(t, out, l, heads, h);
+  gather(t, out, token_rows(t, s0, rows, n, Hkv, head_major ? E : m * E, head_major ? rows * E : E), heads, h);
   return out;
 }
 
@@ -177,36 +182,15 @@ void scatter_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_t s
                                                << "], got " << util::describe(src));
   // A row's selected heads in one run, rows at any stride (cuDNN's outputs are views).
   auto s = src.stride(2) == 1 && src.stride(1) == src.size(2) ? src : src.contiguous();
-  Layout l;
-  l.rows = n;
-  l.valid = n;
-  l.elems = E;
-  l.head_row = dst.stride(0);
-  l.head_stride = E;
-  l.dense_row = s.stride(0);
-  l.dense_stride = E;
-  l.headed_offset = s0 * dst.stride(0);
-  l.num_kv = Hkv;
-  scatter(dst, s, l, heads, h, accumulate);
+  scatter(dst, s, token_rows(dst, s0, n, n, Hkv, s.stride(0), E), heads, h, accumulate);
 }
 
-// lse [Hkv * G, T] as (i = query head within the group, head, e = token): the tokens are the run.
 torch::Tensor gather_lse_heads(const torch::Tensor& lse, int64_t s0, int64_t n, const torch::Tensor& heads, int64_t Hkv) {
   check_lse("gather_lse_heads", lse, s0, n, Hkv);
   const auto h = host_heads("gather_lse_heads", heads, Hkv);
   const int64_t m = static_cast<int64_t>(h.size()), G = lse.size(0) / Hkv;
   auto out = torch::empty({m * G, n}, lse.options());
-  Layout l;
-  l.rows = G;
-  l.valid = G;
-  l.elems = n;
-  l.head_row = lse.stride(0);
-  l.head_stride = G * lse.stride(0);
-  l.dense_row = n;
-  l.dense_stride = G * n;
-  l.headed_offset = s0;
-  l.num_kv = Hkv;
-  gather(lse, out, l, heads, h);
+  gather(lse, out, lse_columns(lse, s0, n, Hkv, n), heads, h);
   return out;
 }
 
@@ -219,17 +203,7 @@ void scatter_lse_heads(const torch::Tensor& lse, const torch::Tensor& src, int64
   ELASTIC_CHECK(src.dim() == 2 && src.size(0) == m * G && src.size(1) == n,
                 "scatter_lse_heads: src must be [" << m * G << ", " << n << "], got " << util::describe(src));
   auto s = src.stride(1) == 1 ? src : src.contiguous();  // cuDNN's log-sum-exp is a view of padded rows
-  Layout l;
-  l.rows = G;
-  l.valid = G;
-  l.elems = n;
-  l.head_row = lse.stride(0);
-  l.head_stride = G * lse.stride(0);
-  l.dense_row = s.stride(0);
-  l.dense_stride = G * s.stride(0);
-  l.headed_offset = s0;
-  l.num_kv = Hkv;
-  scatter(lse, s, l, heads, h, /*accumulate=*/false);
+  scatter(lse, s, lse_columns(lse, s0, n, Hkv, s.stride(0)), heads, h, /*accumulate=*/false);
 }
 
 }  // namespace elastic::attention
