@@ -88,15 +88,8 @@ bool on_kernel(const torch::Tensor& t, const std::vector<int64_t>& heads) {
 }
 
 kernels::HeadRows kernel_shape(const Layout& l, const std::vector<int64_t>& heads) {
-  kernels::HeadRows s;
-  s.rows = l.rows;
-  s.valid = l.valid;
-  s.elems = l.elems;
-  s.head_row = l.head_row;
-  s.head_stride = l.head_stride;
-  s.dense_row = l.dense_row;
-  s.dense_stride = l.dense_stride;
-  s.num_heads = static_cast<int>(heads.size());
+  kernels::HeadRows s{l.rows, l.valid, l.elems, l.head_row, l.head_stride, l.dense_row, l.dense_stride,
+                      static_cast<int>(heads.size())};
   for (size_t j = 0; j < heads.size(); ++j) s.heads[j] = static_cast<int>(heads[j]);
   return s;
 }
@@ -106,8 +99,7 @@ void* at_offset(const torch::Tensor& t, int64_t elems) {
 }
 #endif
 
-void gather(const torch::Tensor& headed, const torch::Tensor& dense, const Layout& l, const torch::Tensor& heads_t,
-            const std::vector<int64_t>& heads) {
+void gather(const torch::Tensor& headed, const torch::Tensor& dense, const Layout& l, const std::vector<int64_t>& heads) {
   if (heads.empty() || l.rows == 0 || l.elems == 0) return;
 #ifdef ELASTIC_WITH_CUDA
   if (on_kernel(headed, heads)) {
@@ -120,12 +112,12 @@ void gather(const torch::Tensor& headed, const torch::Tensor& dense, const Layou
   const torch::NoGradGuard no_grad;
   auto d = dense_view(dense, l, static_cast<int64_t>(heads.size()));
   if (l.valid > 0)
-    d.narrow(0, 0, l.valid).copy_(headed_view(headed, l).index_select(1, util::to_device(heads_t, headed.device())));
+    d.narrow(0, 0, l.valid).copy_(headed_view(headed, l).index_select(1, util::to_device(heads, headed.device())));
   if (l.rows > l.valid) d.narrow(0, l.valid, l.rows - l.valid).zero_();
 }
 
-void scatter(const torch::Tensor& headed, const torch::Tensor& dense, const Layout& l, const torch::Tensor& heads_t,
-             const std::vector<int64_t>& heads, bool accumulate) {
+void scatter(const torch::Tensor& headed, const torch::Tensor& dense, const Layout& l, const std::vector<int64_t>& heads,
+             bool accumulate) {
   if (heads.empty() || l.valid == 0 || l.elems == 0) return;
 #ifdef ELASTIC_WITH_CUDA
   if (on_kernel(headed, heads)) {
@@ -139,7 +131,7 @@ void scatter(const torch::Tensor& headed, const torch::Tensor& dense, const Layo
   const torch::NoGradGuard no_grad;
   auto h = headed_view(headed, l);
   auto vals = dense_view(dense, l, static_cast<int64_t>(heads.size())).narrow(0, 0, l.valid);
-  auto idx = util::to_device(heads_t, headed.device());
+  auto idx = util::to_device(heads, headed.device());
   accumulate ? h.index_add_(1, idx, vals) : h.index_copy_(1, idx, vals);
 }
 
@@ -167,7 +159,7 @@ torch::Tensor gather_heads(const torch::Tensor& t, int64_t s0, int64_t n, int64_
   const auto h = host_heads("gather_heads", heads, Hkv);
   const int64_t m = static_cast<int64_t>(h.size()), G = t.size(1) / Hkv, d = t.size(2);
   auto out = head_major ? torch::empty({m, rows, G, d}, t.options()) : torch::empty({rows, m * G, d}, t.options());
-  gather(t, out, token_rows(t, s0, rows, n, Hkv, head_major ? E : m * E, head_major ? rows * E : E), heads, h);
+  gather(t, out, token_rows(t, s0, rows, n, Hkv, head_major ? E : m * E, head_major ? rows * E : E), h);
   return out;
 }
 
@@ -182,7 +174,7 @@ void scatter_heads(const torch::Tensor& dst, const torch::Tensor& src, int64_t s
                                                << "], got " << util::describe(src));
   // A row's selected heads in one run, rows at any stride (cuDNN's outputs are views).
   auto s = src.stride(2) == 1 && src.stride(1) == src.size(2) ? src : src.contiguous();
-  scatter(dst, s, token_rows(dst, s0, n, n, Hkv, s.stride(0), E), heads, h, accumulate);
+  scatter(dst, s, token_rows(dst, s0, n, n, Hkv, s.stride(0), E), h, accumulate);
 }
 
 torch::Tensor gather_lse_heads(const torch::Tensor& lse, int64_t s0, int64_t n, const torch::Tensor& heads, int64_t Hkv) {
@@ -190,7 +182,7 @@ torch::Tensor gather_lse_heads(const torch::Tensor& lse, int64_t s0, int64_t n, 
   const auto h = host_heads("gather_lse_heads", heads, Hkv);
   const int64_t m = static_cast<int64_t>(h.size()), G = lse.size(0) / Hkv;
   auto out = torch::empty({m * G, n}, lse.options());
-  gather(lse, out, lse_columns(lse, s0, n, Hkv, n), heads, h);
+  gather(lse, out, lse_columns(lse, s0, n, Hkv, n), h);
   return out;
 }
 
@@ -203,7 +195,7 @@ void scatter_lse_heads(const torch::Tensor& lse, const torch::Tensor& src, int64
   ELASTIC_CHECK(src.dim() == 2 && src.size(0) == m * G && src.size(1) == n,
                 "scatter_lse_heads: src must be [" << m * G << ", " << n << "], got " << util::describe(src));
   auto s = src.stride(1) == 1 ? src : src.contiguous();  // cuDNN's log-sum-exp is a view of padded rows
-  scatter(lse, s, lse_columns(lse, s0, n, Hkv, s.stride(0)), heads, h, /*accumulate=*/false);
+  scatter(lse, s, lse_columns(lse, s0, n, Hkv, s.stride(0)), h, /*accumulate=*/false);
 }
 
 }  // namespace elastic::attention
